@@ -1,0 +1,1 @@
+def load_checkpoint(*a, **k): raise NotImplementedError

@@ -1,0 +1,35 @@
+"""The `dico` command: each subcommand is a thin shell over a library function.
+
+Every concern registers its own subcommands through a `register(subparsers)` function in its `cli` module.
+"""
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "dico.checkpoints",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dico", description="DiCo: train, sample, evaluate and benchmark.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"dico {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""DiCo: Diffusion ConvNet (arXiv 2505.11196).
+
+A three-level U-shaped ConvNet (widths C, 2C, 4C; decoder level 1 and the head run at 2C) of DiCo blocks.
+Parameter names and initialisation follow the official release, so its checkpoints load with strict=True.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .embeddings import LabelEmbedder, TimestepEmbedder
+
+
+@dataclass
+class DiCoConfig:
+    hidden_size: int = 128
+    depth: list = field(default_factory=lambda: [5, 4, 4, 4, 4])  # encoder1, encoder2, middle, decoder2, decoder1
+    mlp_ratio: float = 2.0
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    # Ablations of the paper; the defaults are the paper's model.
+    channel_attention: str = "cca"  # "cca" | "se" | "none"
+    kernel_size: int = 3  # depthwise kernel: 3, 5 or 7
+    activation: str = "gelu"  # "gelu" | "relu"
+    se_reduction: int = 4  # only for channel_attention="se"
+
+
+CHANNEL_ATTENTIONS = ("cca", "se", "none")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of an (N, C, H, W) map by per-sample (N, C) shift and scale."""
+    return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW map (no affine in DiCo; eps 1e-6)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = False):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def channel_attention(kind: str, channels: int, se_reduction: int) -> nn.Module:
+    """Compact channel attention (the paper's CCA: pool -> 1x1 conv -> sigmoid, no reduction), SE, or none."""
+    if kind == "cca":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1), nn.Sigmoid())
+    if kind == "se":
+        hidden = max(channels // se_reduction, 1)
+        return nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
+        )
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown channel_attention {kind!r}; choose one of {CHANNEL_ATTENTIONS}")
+
+
+class DiCoBlock(nn.Module):
+    """norm -> modulate -> 1x1 conv -> depthwise conv -> act -> channel attention -> 1x1 conv (gated residual),
+    then norm -> modulate -> 1x1-conv FFN (gated residual)."""
+
+    def __init__(self, hidden_size: int, mlp_ratio: float, kernel_size: int = 3, activation: str = "gelu",
+                 channel_attention_kind: str = "cca", se_reduction: int = 4):
+        super().__init__()
+        ffn = int(mlp_ratio * hidden_size)
+        self.conv1 = nn.Conv2d(hidden_size, hidden_size, 1)
+        self.conv2 = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size)
+        self.conv3 = nn.Conv2d(hidden_size, hidden_size, 1)
+        self.ca = channel_attention(channel_attention_kind, hidden_size, se_reduction)
+        self.conv4 = nn.Conv2d(hidden_size, ffn, 1)
+        self.conv5 = nn.Conv2d(ffn, hidden_size, 1)
+        self.norm1 = LayerNorm2d(hidden_size)
+        self.norm2 = LayerNorm2d(hidden_size)
+        self.act = ACTIVATIONS[activation]()
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        h = self.act(self.conv2(self.conv1(modulate(self.norm1(x), shift1, scale1))))
+        if self.ca is not None:
+            h = h * self.ca(h)
+        x = x + gate1[:, :, None, None] * self.conv3(h)
+        h = self.conv5(self.act(self.conv4(modulate(self.norm2(x), shift2, scale2))))
+        return x + gate2[:, :, None, None] * h
+
+
+class FinalLayer(nn.Module):
+    """Modulated norm then a 3x3 conv to the output channels."""
+
+    def __init__(self, hidden_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = LayerNorm2d(hidden_size)
+        self.out_proj = nn.Conv2d(hidden_size, out_channels, 3, padding=1)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.out_proj(modulate(self.norm_final(x), shift, scale))
+
+
+class OverlapPatchEmbed(nn.Module):
+    """3x3 conv stem (stride 1): no patchification."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, 3, padding=1)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Downsample(nn.Module):
+    """3x3 conv to C/2 then PixelUnshuffle(2): C -> 2C channels at half resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """3x3 conv to 2C then PixelShuffle(2): C -> C/2 channels at double resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class DiCo(nn.Module):
+    """The DiCo network. `model(x, t, y)` -> (N, out_channels, H, W); H and W must be divisible by 4."""
+
+    def __init__(self, hidden_size: int = 128, depth=(5, 4, 4, 4, 4), mlp_ratio: float = 2.0, in_channels: int = 4,
+                 num_classes: int = 1000, learn_sigma: bool = True, class_dropout_prob: float = 0.1,
+                 channel_attention: str = "cca", kernel_size: int = 3, activation: str = "gelu",
+                 se_reduction: int = 4, input_size=None):
+        super().__init__()
+        depth = list(depth)
+        if len(depth) != 5:
+            raise ValueError(f"depth must list 5 stage depths [enc1, enc2, mid, dec2, dec1], got {depth}")
+        if channel_attention not in CHANNEL_ATTENTIONS:
+            raise ValueError(f"unknown channel_attention {channel_attention!r}; choose one of {CHANNEL_ATTENTIONS}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        if hidden_size % 2:
+            raise ValueError(f"hidden_size must be even (Downsample halves it), got {hidden_size}")
+        self.config = DiCoConfig(hidden_size, depth, float(mlp_ratio), in_channels, num_classes, learn_sigma,
+                                 class_dropout_prob, channel_attention, kernel_size, activation, se_reduction)
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.num_classes = num_classes
+        self.learn_sigma = learn_sigma
+        C = hidden_size
+
+        def stage(width, n):
+            return nn.ModuleList(
+                DiCoBlock(width, mlp_ratio, kernel_size, activation, channel_attention, se_reduction) for _ in range(n)
+            )
+
+        self.x_embedder = OverlapPatchEmbed(in_channels, C)
+        # One timestep embedder and one label table per width (C, 2C, 4C).
+        self.t_embedder_1 = TimestepEmbedder(C)
+        self.t_embedder_2 = TimestepEmbedder(2 * C)
+        self.t_embedder_3 = TimestepEmbedder(4 * C)
+        self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob)
+
+        self.encoder_level_1 = stage(C, depth[0])
+        self.down1_2 = Downsample(C)
+        self.encoder_level_2 = stage(2 * C, depth[1])
+        self.down2_3 = Downsample(2 * C)
+        self.latent = stage(4 * C, depth[2])
+        self.up3_2 = Upsample(4 * C)
+        self.reduce_chan_level2 = nn.Conv2d(4 * C, 2 * C, 1)
+        self.decoder_level_2 = stage(2 * C, depth[3])
+        self.up2_1 = Upsample(2 * C)
+        # Upsampled C channels + skip C channels -> 2C: decoder level 1 runs at 2C, not C.
+        self.reduce_chan_level1 = nn.Conv2d(2 * C, 2 * C, 1)
+        self.decoder_level_1 = stage(2 * C, depth[4])
+        self.final_layer = FinalLayer(2 * C, self.out_channels)
+        self.initialize_weights()
+
+    @classmethod
+    def from_config(cls, config: DiCoConfig) -> "DiCo":
+        return cls(**asdict(config))
+
+    def initialize_weights(self):
+        def basic(module):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(basic)
+        # Stem initialised like a linear layer, as in DiT's patch embedding.
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        for table in self.y_embedder.tables:
+            nn.init.normal_(table.weight, std=0.02)
+        for emb in (self.t_embedder_1, self.t_embedder_2, self.t_embedder_3):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity, and the output starts at zero.
+        for block in self.blocks():
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.out_proj.weight)
+        nn.init.zeros_(self.final_layer.out_proj.bias)
+
+    def blocks(self):
+        return [*self.encoder_level_1, *self.encoder_level_2, *self.latent, *self.decoder_level_2, *self.decoder_level_1]
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % 4 or x.shape[3] % 4:
+            raise ValueError(f"H and W must be divisible by 4 (two 2x downsamplings), got {tuple(x.shape[2:])}")
+        n = x.shape[0]
+        if t.ndim != 1 or t.shape[0] != n:
+            raise ValueError(f"t must be a 1-D tensor of {n} timesteps, got shape {tuple(t.shape)}")
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"y must be a 1-D tensor of {n} labels, got shape {tuple(y.shape)}")
+
+    def conditioning(self, t: torch.Tensor, y: torch.Tensor):
+        """Per-width conditioning vectors c1 (C), c2 (2C), c3 (4C)."""
+        y1, y2, y3 = self.y_embedder(y, self.training)
+        return self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t, y)
+        c1, c2, c3 = self.conditioning(t, y)
+        skip1 = x = self.x_embedder(x)
+        for block in self.encoder_level_1:
+            skip1 = block(skip1, c1)
+        skip2 = self.down1_2(skip1)
+        for block in self.encoder_level_2:
+            skip2 = block(skip2, c2)
+        h = self.down2_3(skip2)
+        for block in self.latent:
+            h = block(h, c3)
+        h = self.reduce_chan_level2(torch.cat([self.up3_2(h), skip2], dim=1))
+        for block in self.decoder_level_2:
+            h = block(h, c2)
+        h = self.reduce_chan_level1(torch.cat([self.up2_1(h), skip1], dim=1))
+        for block in self.decoder_level_1:
+            h = block(h, c2)
+        return self.final_layer(h, c2)
+
+    def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3):
+        """Classifier-free guidance on a batch laid out [cond half; uncond half] (labels of the second half are the
+        null class). Guidance acts on the first `guidance_channels` output channels: 3 by default, as the official
+        release does for reproducibility; "all" (or None) guides all `in_channels` noise channels."""
+        return guided_output(self, x, t, y, cfg_scale, guidance_channels)
+
+
+def guided_output(model, x, t, y, cfg_scale: float, guidance_channels=3):
+    """Shared classifier-free guidance for DiCo and DiT (same layout and semantics as the official code)."""
+    if guidance_channels in (None, "all"):
+        guidance_channels = model.in_channels
+    half = x[: len(x) // 2]
+    out = model(torch.cat([half, half], dim=0), t, y)
+    eps, rest = out[:, :guidance_channels], out[:, guidance_channels:]
+    cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
+    guided = uncond + cfg_scale * (cond - uncond)
+    return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
