@@ -144,7 +144,7 @@ def test_wrong_shapes_are_clear_errors(shape, t, y, match):
 
 def test_registry_lists_every_size_and_rejects_unknown_names():
     names = dico.list_models()
-    assert names[:5] == DICO_NAMES
+    assert names[:5] == DICO_NAMES and "DiCo-Tiny" in names
     assert {"DiT-S/2", "DiT-B/4", "DiT-L/8", "DiT-XL/2"} <= set(names)
     with pytest.raises(ValueError, match="unknown model 'DiCo-XXL'.*DiCo-XL.*Valid names: DiCo-S"):
         dico.create_model("DiCo-XXL")

@@ -13,6 +13,8 @@ DICO_SIZES = {
     "DiCo-L": dict(hidden_size=352, depth=[9, 8, 9, 8, 9], mlp_ratio=2),
     "DiCo-XL": dict(hidden_size=416, depth=[9, 9, 10, 9, 9], mlp_ratio=2),
     "DiCo-H": dict(hidden_size=416, depth=[14, 12, 10, 12, 14], mlp_ratio=4),
+    # Not a paper size: small enough to train on a laptop CPU in minutes (the digits demo).
+    "DiCo-Tiny": dict(hidden_size=32, depth=[2, 2, 2, 2, 2], mlp_ratio=2),
 }
 DIT_SIZES = {
     "DiT-S": dict(depth=12, hidden_size=384, num_heads=6),

@@ -57,6 +57,9 @@ class LabelEmbedder(nn.Module):
         names = names or [f"embedding_table_{i}" for i in range(len(hidden_sizes))]
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
+        # Our trainer draws label dropout per sample from keyed generators (so results do not depend on batch
+        # split or process count) and switches the module's own random drop off.
+        self.drop_in_forward = True
         rows = num_classes + int(dropout_prob > 0 or num_classes == 0)
         self.table_names = names
         for name, width in zip(names, hidden_sizes):
@@ -69,6 +72,6 @@ class LabelEmbedder(nn.Module):
     def forward(self, labels: torch.Tensor, train: bool, force_drop_ids=None):
         if self.num_classes == 0:
             labels = torch.zeros_like(labels)
-        elif (train and self.dropout_prob > 0) or force_drop_ids is not None:
+        elif (train and self.dropout_prob > 0 and self.drop_in_forward) or force_drop_ids is not None:
             labels = drop_labels(labels, self.num_classes, self.dropout_prob, force_drop_ids)
         return [table(labels) for table in self.tables]

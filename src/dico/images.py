@@ -1,0 +1,65 @@
+"""The one image writer: tensors in [-1, 1] to uint8, PNG grids and ADM-format .npz files (written streaming)."""
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, 3), as the official sampler quantises (127.5 x + 128, clamped).
+
+    Grey images (C=1) are replicated to RGB so that every consumer (PNG, Inception) sees three channels.
+    """
+    x = torch.clamp(127.5 * x.float() + 128.0, 0, 255).to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2) -> Path:
+    """uint8 (N, H, W, 3) images as one PNG, `nrow` images per row, white padding."""
+    n, h, w, c = images.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, k = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[top:top + h, left:left + w] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray) -> Path:
+    """Write ADM's sample format (`arr_0` uint8 NHWC, `arr_1` int64 labels) chunk by chunk.
+
+    `chunks` yields uint8 arrays of shape (k, *image_shape) adding up to `count` images; memory stays at one chunk
+    (50k images at 256 px are 9.8 GB). Written to a temporary name and renamed, so a crash leaves no half file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (count, *image_shape)}
+    written = 0
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
+                if chunk.shape[1:] != tuple(image_shape):
+                    raise ValueError(f"chunk of shape {chunk.shape} does not match images of shape {image_shape}")
+                f.write(chunk.tobytes())
+                written += len(chunk)
+        with archive.open("arr_1.npy", "w") as f:
+            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    if written != count:
+        os.unlink(tmp)
+        raise ValueError(f"expected {count} images, got {written}")
+    os.replace(tmp, path)
+    return path
