@@ -1,0 +1,187 @@
+"""Class-conditional sampling with per-image seeds.
+
+Image i's label, initial noise and per-step noise are keyed by (seed, i), so an image does not depend on the batch
+size, the number of processes, or whether the run was interrupted and resumed.
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..diffusion import create_diffusion, sample_loop
+from ..images import save_grid, to_uint8, write_npz
+from ..randomness import PURPOSES, keyed_randint, keyed_randn
+
+LATENT_SCALE = 0.18215  # Stable Diffusion VAE latent scale, as DiT and DiCo use it
+
+
+@dataclass
+class OutputSpace:
+    """What a model's samples are: their size and channels, and the VAE that decodes them (None: pixels)."""
+
+    resolution: int
+    channels: int
+    vae: str | None = None
+    latent_scale: float = LATENT_SCALE
+
+    @classmethod
+    def latent(cls, image_size: int = 256, vae: str = "stabilityai/sd-vae-ft-ema") -> "OutputSpace":
+        if image_size % 8:
+            raise ValueError(f"image size must be divisible by 8 (the VAE's downsampling), got {image_size}")
+        return cls(image_size // 8, 4, vae)
+
+
+@dataclass
+class SamplingOptions:
+    method: str = "ddpm"  # "ddpm" | "ddim" | "dpm++2m" | "dpm++3m"
+    steps: int = 250
+    cfg_scale: float = 1.0
+    guidance_channels: int | str = 3  # official: the first 3 channels; "all": every noise channel
+    eta: float = 0.0
+    seed: int = 0
+    batch_size: int = 32
+    noise_schedule: str = "linear"
+    diffusion_steps: int = 1000
+    cache_interval: int = 1  # DeepCache-style reuse of deep features every N steps (1 = off)
+    cache_depth: int = 1  # how many outer levels are recomputed on cached steps (1 or 2)
+
+
+def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
+    """Label of each image index: `classes` cycled if given, else a keyed random class (0 if unconditional)."""
+    if classes:
+        return torch.tensor([classes[i % len(classes)] for i in indices])
+    if num_classes == 0:
+        return torch.zeros(len(indices), dtype=torch.long)
+    return keyed_randint([(seed, PURPOSES["label"], i) for i in indices], num_classes)
+
+
+def guided_model(model, options: SamplingOptions):
+    """The callable the sampler runs: plain, or classifier-free guidance over a [cond; uncond] batch."""
+    if options.cfg_scale == 1.0:
+        return model
+    channels = options.guidance_channels
+    if channels != "all":
+        # The official 3-channel rule assumes 4 latent channels; a grey pixel model has 1 noise channel.
+        channels = min(int(channels), model.in_channels)
+
+    def guided(x, t, y):
+        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels)
+
+    return guided
+
+
+@torch.no_grad()
+def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: SamplingOptions, device=None,
+             vae=None, progress: bool = False) -> np.ndarray:
+    """Sample the images with the given indices and labels; uint8 (N, H, W, 3)."""
+    device = torch.device(device or next(model.parameters()).device)
+    if options.cfg_scale != 1.0 and model.y_embedder.tables[0].num_embeddings <= model.num_classes:
+        raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class)")
+    shape = (space.channels, space.resolution, space.resolution)
+    noise = keyed_randn([(options.seed, PURPOSES["sample_init"], i) for i in indices], shape, device)
+    labels = labels.to(device)
+    doubled = options.cfg_scale != 1.0
+
+    def step_noise(step, full_shape):
+        eps = keyed_randn([(options.seed, PURPOSES["sample_step"], i, step) for i in indices], shape, device)
+        return torch.cat([eps, eps]) if doubled else eps
+
+    if doubled:
+        noise = torch.cat([noise, noise])
+        labels = torch.cat([labels, torch.full_like(labels, model.num_classes)])
+    diffusion = create_diffusion("", noise_schedule=options.noise_schedule, learn_sigma=model.learn_sigma,
+                                 diffusion_steps=options.diffusion_steps)
+    fn = guided_model(model, options)
+    if options.cache_interval > 1:
+        from .deepcache import DeepCache
+
+        fn = DeepCache(fn, model, options.cache_interval, options.cache_depth)
+    z = sample_loop(diffusion, fn, noise.shape, method=options.method, steps=options.steps, eta=options.eta,
+                    noise=noise, step_noise=step_noise, model_kwargs={"y": labels}, device=device, progress=progress)
+    if doubled:
+        z = z[: len(indices)]
+    if space.vae is not None:
+        if vae is None:
+            raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
+        z = vae.decode(z.to(vae.dtype) / space.latent_scale).sample
+    return to_uint8(z)
+
+
+def load_vae_for(space: OutputSpace, device):
+    if space.vae is None:
+        return None
+    from ..data import load_vae
+
+    return load_vae(space.vae, device)
+
+
+def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, steps: int = 50,
+                     cfg_scale: float = 1.0, seed: int = 0, device=None, method: str = "ddpm") -> Path:
+    """A PNG grid with one row per class (the first `classes` classes), `per_class` samples each."""
+    space = OutputSpace(facts.resolution, facts.in_channels, facts.vae, getattr(facts, "latent_scale", LATENT_SCALE))
+    num_classes = max(facts.num_classes, 1)
+    rows = min(classes, num_classes)
+    indices = list(range(rows * per_class))
+    labels = torch.tensor([i // per_class for i in indices]) if facts.num_classes else torch.zeros(len(indices), dtype=torch.long)
+    options = SamplingOptions(method=method, steps=steps, cfg_scale=cfg_scale if facts.num_classes else 1.0, seed=seed)
+    was_training = model.training
+    model.eval()
+    images = generate(model, space, indices, labels, options, device, vae=load_vae_for(space, device))
+    model.train(was_training)
+    return save_grid(images, path, nrow=per_class)
+
+
+def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
+                  rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
+                  run_info: dict | None = None) -> Path | None:
+    """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
+
+    Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
+    it is done, under `<out>.parts/`. A rerun with the same settings skips finished shards; different settings are
+    refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
+    """
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must end in .npz, got {out}")
+    parts = out.with_name(out.name + ".parts")
+    # Shards are named by batch, so the batch size is part of the settings a resumed run must share.
+    settings = {"num_samples": num_samples, "options": asdict(options), "classes": classes,
+                "space": asdict(space), **(run_info or {})}
+    manifest = parts / "settings.json"
+    parts.mkdir(parents=True, exist_ok=True)
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        if saved != json.loads(json.dumps(settings)):
+            raise ValueError(f"{parts} holds an unfinished run with other settings; remove it or use its "
+                             f"settings to resume:\n{json.dumps(saved, indent=1)}")
+    else:  # every process writes the same text; the rename makes it atomic
+        tmp = parts / f".settings.{rank}.tmp"
+        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.replace(manifest)
+    barrier()
+    bs = options.batch_size
+    shards = [k for k in range((num_samples + bs - 1) // bs) if k % world == rank]
+    todo = [k for k in shards if not (parts / f"{k:06d}.npz").exists()]
+    vae = load_vae_for(space, device) if todo else None
+    model.eval()
+    for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
+        indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
+        labels = image_labels(indices, model.num_classes, options.seed, classes)
+        images = generate(model, space, indices, labels, options, device, vae=vae)
+        tmp = parts / f".{k:06d}.tmp.npz"
+        np.savez(tmp, images=images, labels=labels.numpy())
+        tmp.replace(parts / f"{k:06d}.npz")
+    barrier()
+    if rank != 0:
+        return None
+    files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
+    labels = np.concatenate([np.load(f)["labels"] for f in files])
+    first = np.load(files[0])["images"]
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, first.shape[1:], labels)
+    shutil.rmtree(parts)
+    return out
