@@ -8,6 +8,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "dico.benchmarking.cli",
     "dico.checkpoints",
 ]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dico import guided_output
+from .dico import conv, guided_output, linear
 from .embeddings import LabelEmbedder, TimestepEmbedder
 
 
@@ -51,7 +51,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        return conv(self.proj, x).flatten(2).transpose(1, 2)  # (N, T, D)
 
 
 class Attention(nn.Module):
@@ -63,9 +63,9 @@ class Attention(nn.Module):
 
     def forward(self, x):
         n, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(self.qkv, x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+        return linear(self.proj, x.transpose(1, 2).reshape(n, t, d))
 
 
 class Mlp(nn.Module):
@@ -76,7 +76,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 
 class DiTBlock(nn.Module):
@@ -89,7 +89,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x, c):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
@@ -102,8 +102,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        shift, scale = linear(self.adaLN_modulation[1], F.silu(c)).chunk(2, dim=1)
+        return linear(self.linear, modulate(self.norm_final(x), shift, scale))
 
 
 class DiT(nn.Module):

@@ -1,0 +1,275 @@
+"""Throughput of forward passes, training steps and sampling runs, several configurations side by side.
+
+Every configuration (model x implementation x dtype x batch size) is built once, warmed up, and then timed in
+rounds: each round times one call of every configuration in turn, so load from other processes on a shared
+machine hits all of them alike. We report the median over rounds. On CUDA each timed call is bracketed by
+`torch.cuda.synchronize()`.
+
+Precision modes:
+- "fp32": plain float32; on CUDA TF32 is switched off for matmuls and convolutions (the paper's protocol).
+- "tf32": float32 with TF32 tensor cores allowed for matmuls and convolutions (CUDA only).
+- "bf16": float32 weights under `torch.autocast(device_type, dtype=torch.bfloat16)`, as users call it.
+
+Peak memory: on CUDA, `torch.cuda.max_memory_allocated()` above the memory held before the call; on CPU, the peak
+growth of the process's resident set during the call, sampled every 2 ms from /proc/self/statm (an estimate:
+short-lived peaks between samples are missed, memory the allocator keeps cached from earlier calls is not seen).
+"""
+
+import contextlib
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("forward", "train", "sample")
+DTYPES = ("fp32", "tf32", "bf16")
+
+
+@dataclass
+class BenchConfig:
+    models: list = field(default_factory=lambda: ["DiCo-S"])
+    tasks: list = field(default_factory=lambda: ["forward"])
+    batch_sizes: list = field(default_factory=lambda: [16])
+    dtypes: list = field(default_factory=lambda: ["fp32"])
+    image_size: int = 256  # pixels; the models see latents of image_size / 8
+    device: str = "cpu"
+    repeats: int = 5  # timed rounds; the median is reported
+    warmup: int = 1  # untimed calls per configuration before the first round
+    sample_steps: int = 10  # sampling: denoising steps, each one classifier-free-guided forward of 2 x batch
+    cfg_scale: float = 1.5
+    official: str = None  # path to a checkout of shallowdream204/DiCo to compare against, on the same weights
+    num_classes: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class BenchResult:
+    model: str
+    implementation: str  # "ours" | "official"
+    task: str
+    batch_size: int
+    dtype: str
+    device: str
+    seconds: list  # per timed round
+    peak_memory_bytes: int
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.median_seconds
+
+
+def validate(config: BenchConfig):
+    from ..models import list_models
+
+    unknown = [m for m in config.models if m not in list_models()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(list_models())}")
+    for values, valid, what in ((config.tasks, TASKS, "task"), (config.dtypes, DTYPES, "dtype")):
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            raise ValueError(f"invalid {what}(s) {bad or values}; choose from {', '.join(valid)}")
+    if any(b < 1 for b in config.batch_sizes) or not config.batch_sizes:
+        raise ValueError(f"batch sizes must be positive integers, got {config.batch_sizes}")
+    if config.image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32 (latent = image/8, divisible by 4), got {config.image_size}")
+    device = torch.device(config.device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {config.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+    if device.type == "cpu" and "tf32" in config.dtypes:
+        raise ValueError("tf32 exists only on CUDA; on CPU use fp32 or bf16")
+    if config.repeats < 1 or config.warmup < 0 or config.sample_steps < 1:
+        raise ValueError("repeats and sample_steps must be >= 1 and warmup >= 0")
+
+
+@contextlib.contextmanager
+def precision(dtype: str, device: torch.device):
+    """The numeric mode of one timed call (see the module docstring)."""
+    if device.type == "cuda":
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            yield
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class _RssSampler:
+    """Peak resident-set growth of this process while active (CPU memory estimate)."""
+
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self.page
+        except OSError:
+            return 0
+
+    def __enter__(self):
+        self.start = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+class _Case:
+    """One configuration: a model, its inputs and the callable that performs one timed unit of work."""
+
+    def __init__(self, model, name, implementation, task, batch, dtype, device, config):
+        self.model, self.name, self.implementation = model, name, implementation
+        self.task, self.batch, self.dtype, self.device, self.config = task, batch, dtype, device, config
+        g = torch.Generator().manual_seed(config.seed)
+        latent = config.image_size // 8
+        channels = model.in_channels
+        self.x = torch.randn(batch, channels, latent, latent, generator=g).to(device)
+        self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+        self.y = torch.randint(0, config.num_classes, (batch,), generator=g).to(device)
+        self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
+        self.seconds, self.peak = [], 0
+        if task == "train":
+            # Each case trains its own copy, so optimizer state never leaks between implementations.
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+
+    def run(self):
+        with precision(self.dtype, self.device):
+            if self.task == "forward":
+                with torch.no_grad():
+                    self.model(self.x, self.t, self.y)
+            elif self.task == "train":
+                loss = F.mse_loss(self.model(self.x, self.t, self.y).float(), self.target)
+                loss.backward()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.sample()
+
+    @torch.no_grad()
+    def sample(self):
+        # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
+        null = torch.full_like(self.y, self.config.num_classes)
+        y = torch.cat([self.y, null])
+        x = torch.randn_like(self.x)
+        steps = self.config.sample_steps
+        for i in reversed(range(steps)):
+            t = torch.full((2 * len(x),), (i + 0.5) * 1000 / steps, device=x.device)
+            out = self.model.forward_with_cfg(torch.cat([x, x]), t, y, self.config.cfg_scale)
+            x = x - out[: len(x), : x.shape[1]].float() / steps
+
+    def timed(self) -> float:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start = time.perf_counter()
+            self.run()
+            torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) - base)
+        else:
+            with _RssSampler() as rss:
+                start = time.perf_counter()
+                self.run()
+                elapsed = time.perf_counter() - start
+            self.peak = max(self.peak, rss.growth)
+        return elapsed
+
+
+def build_cases(config: BenchConfig):
+    from ..models import create_model
+    from .official import official_twin
+
+    device = torch.device(config.device)
+    latent = config.image_size // 8
+    cases = []
+    for name in config.models:
+        torch.manual_seed(config.seed)
+        base = create_model(name, input_size=latent, num_classes=config.num_classes)
+        # Random (not zero-initialised) adaLN and output weights, so every path does real work.
+        with torch.no_grad():
+            for p in base.parameters():
+                if p.requires_grad and p.abs().sum() == 0:
+                    p.normal_(0, 0.02)
+        for task in config.tasks:
+            # The official implementation first, so "vs first" reads as a speed-up over it.
+            for impl in ("official", "ours") if config.official else ("ours",):
+                for batch in config.batch_sizes:
+                    for dtype in config.dtypes:
+                        model = _copy_of(base, name) if task == "train" else base
+                        if impl == "official":
+                            model = official_twin(model, config.official)
+                        model = model.to(device).train(task == "train")
+                        cases.append(_Case(model, name, impl, task, batch, dtype, device, config))
+    return cases
+
+
+def _copy_of(model, name):
+    from ..models import build_model, model_spec
+
+    spec = {"name": name, "arch": model_spec(name)["arch"], "config": __import__("dataclasses").asdict(model.config)}
+    twin = build_model(spec)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def benchmark(config: BenchConfig, progress=None) -> list:
+    """Time every configuration of `config`; returns one BenchResult per configuration, in the order given."""
+    validate(config)
+    cases = build_cases(config)
+    for case in cases:
+        for _ in range(config.warmup):
+            case.run()
+    for r in range(config.repeats):
+        for case in cases:
+            case.seconds.append(case.timed())
+        if progress:
+            progress(f"round {r + 1}/{config.repeats} done")
+    return [BenchResult(c.name, c.implementation, c.task, c.batch, c.dtype, str(c.device), c.seconds, c.peak)
+            for c in cases]
+
+
+def format_table(results: list) -> str:
+    """A markdown table: throughput, median time and peak memory per configuration, with two ratio columns:
+    `vs first` (throughput relative to the first row of the same task) and `ours/official` (same model, task,
+    batch and dtype)."""
+    lines = ["| task | model | impl | batch | dtype | device | img/s | ms/iter | peak MiB | vs first | ours/official |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    first = {}
+    by_key = {(r.model, r.implementation, r.task, r.batch_size, r.dtype): r for r in results}
+    for r in results:
+        ref = first.setdefault(r.task, r)
+        official = by_key.get((r.model, "official", r.task, r.batch_size, r.dtype))
+        vs_official = ""
+        if r.implementation == "ours" and official is not None:
+            vs_official = f"{r.images_per_second / official.images_per_second:.2f}x"
+        lines.append(f"| {r.task} | {r.model} | {r.implementation} | {r.batch_size} | {r.dtype} | {r.device} | "
+                     f"{r.images_per_second:.2f} | {1e3 * r.median_seconds:.1f} | {r.peak_memory_bytes / 2**20:.0f} | "
+                     f"{r.images_per_second / ref.images_per_second:.2f}x | {vs_official} |")
+    return "\n".join(lines)
