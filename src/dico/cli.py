@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "dico.benchmarking.cli",
     "dico.checkpoints",
+    "dico.evaluation.cli",
 ]
 
 

@@ -1,0 +1,49 @@
+"""Evaluation as in the paper: ADM's FID, sFID, Inception Score, precision and recall, in PyTorch.
+
+`evaluate(reference, samples)` gives the numbers of OpenAI's guided-diffusion evaluator (Inception-v3 of the
+2015-12-05 TensorFlow graph, via torch-fidelity's port); `features="digits"` swaps in an offline digits classifier for
+the small-data demo (Digits-FID, not comparable with ImageNet FID).
+"""
+
+from .digits import DigitsClassifier, DigitsFeatures, digits_images, digits_split, load_digits_classifier
+from .evaluate import FEATURE_KINDS, EvaluationResult, build_extractor, evaluate
+from .features import FeatureSet, cached_features, extract_features
+from .images import ImageSource, iter_image_batches, open_image_source
+from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, InceptionFeatures
+from .metrics import (
+    GaussianStatistics,
+    class_accuracy,
+    frechet_distance,
+    gaussian_statistics,
+    inception_score,
+    manifold_radii,
+    precision_recall,
+)
+
+__all__ = [
+    "FEATURE_KINDS",
+    "INCEPTION_WEIGHTS_FILENAME",
+    "INCEPTION_WEIGHTS_URL",
+    "DigitsClassifier",
+    "DigitsFeatures",
+    "EvaluationResult",
+    "FeatureSet",
+    "GaussianStatistics",
+    "ImageSource",
+    "InceptionFeatures",
+    "build_extractor",
+    "cached_features",
+    "class_accuracy",
+    "digits_images",
+    "digits_split",
+    "evaluate",
+    "extract_features",
+    "frechet_distance",
+    "gaussian_statistics",
+    "inception_score",
+    "iter_image_batches",
+    "load_digits_classifier",
+    "manifold_radii",
+    "open_image_source",
+    "precision_recall",
+]
