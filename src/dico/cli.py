@@ -10,6 +10,8 @@ import sys
 COMMAND_MODULES = [
     "dico.benchmarking.cli",
     "dico.checkpoints",
+    "dico.training.cli",
+    "dico.sampling.cli",
     "dico.evaluation.cli",
 ]
 

@@ -1,0 +1,55 @@
+"""The bundled demo data: scikit-learn's handwritten digits (1797 images, 8x8, 10 classes), no download needed.
+
+The demo trains in pixel space on one grey channel at 16x16: values 0..16 scale to 0..255, the 8x8 images are
+upscaled bilinearly (smoother strokes than pixel doubling) and rounded to uint8 once. Those uint8 images are the
+data set: training maps them to [-1, 1], and `export_digits` writes them unchanged, so samples and real data
+compare directly. No flips: a mirrored digit is not a digit.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..images import write_npz
+
+DIGITS_RESOLUTION = 16
+DIGITS_CLASSES = [str(d) for d in range(10)]
+
+
+@lru_cache(maxsize=1)
+def load_digits_uint8() -> tuple:
+    """(images uint8 (1797, 16, 16), labels int64 (1797,)): exactly what the demo trains on."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    pixels = F.interpolate(pixels, size=(DIGITS_RESOLUTION, DIGITS_RESOLUTION), mode="bilinear", align_corners=False)
+    images = pixels.round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    images.setflags(write=False)
+    return images, digits.target.astype(np.int64)
+
+
+class DigitsDataset(torch.utils.data.Dataset):
+    """(x float32 (1, 16, 16) in [-1, 1], label) pairs; held in memory (450 KB)."""
+
+    def __init__(self):
+        images, labels = load_digits_uint8()
+        self.images = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0)[:, None]
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+def export_digits(path) -> Path:
+    """The demo's training images in ADM .npz format (`arr_0` uint8 NHWC, grey replicated to 3 channels;
+    `arr_1` labels), the reference for evaluating the demo."""
+    images, labels = load_digits_uint8()
+    rgb = np.repeat(images[..., None], 3, axis=-1)
+    return write_npz(path, [rgb], len(rgb), rgb.shape[1:], labels)

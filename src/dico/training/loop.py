@@ -1,0 +1,318 @@
+"""The training loop: one function over explicit state.
+
+Determinism: the data order is a permutation keyed by (seed, epoch); each sample's timestep, noise and label
+dropout are keyed by (seed, step, position in the global batch). So a run's weights do not depend on how the global
+batch is split over processes and accumulation rounds, and resuming from a checkpoint continues exactly.
+"""
+
+import contextlib
+import functools
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.utils.checkpoint
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoints import CheckpointError, atomic_save, read_checkpoint
+from ..diffusion import create_diffusion
+from ..models import build_model, model_spec
+from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
+from .config import TrainConfig
+from ..distributed import Dist, all_mean, barrier, setup, teardown
+
+CHECKPOINT_FORMAT = "dico-train/1"
+
+
+class StepBatches:
+    """Yields, for each step from `start_step`, the (epoch, index) keys of this process's micro-batches.
+
+    The global sample stream is the concatenation of keyed per-epoch permutations; step s owns stream positions
+    [s*B, (s+1)*B). Position p of a step goes to accumulation round p // (world*micro) and to rank
+    (p // micro) % world, so every split of the global batch covers the same samples.
+    """
+
+    def __init__(self, size: int, global_batch: int, micro: int, env: Dist, seed: int, start_step: int, end_step: int):
+        self.size, self.global_batch, self.micro, self.env = size, global_batch, micro, env
+        self.seed, self.start_step, self.end_step = seed, start_step, end_step
+        self._perm_epoch, self._perm = None, None
+
+    def positions(self, accum_round: int) -> list:
+        first = accum_round * self.env.world * self.micro + self.env.rank * self.micro
+        return list(range(first, first + self.micro))
+
+    def key(self, stream_pos: int):
+        epoch, offset = divmod(stream_pos, self.size)
+        if epoch != self._perm_epoch:
+            generator = keyed_generator(self.seed, PURPOSES["data"], epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.size, generator=generator), epoch
+        return epoch, int(self._perm[offset])
+
+    def __iter__(self):
+        rounds = self.global_batch // (self.env.world * self.micro)
+        for step in range(self.start_step, self.end_step):
+            for a in range(rounds):
+                yield [self.key(step * self.global_batch + p) for p in self.positions(a)]
+
+    def __len__(self):
+        return (self.end_step - self.start_step) * self.global_batch // (self.env.world * self.micro)
+
+
+class KeyedItems(torch.utils.data.Dataset):
+    """Dataset view indexed by (epoch, index): per-item augmentation randomness is keyed by both."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in the backward pass (memory for compute); weights are untouched."""
+    blocks = model.blocks() if callable(getattr(model, "blocks", None)) else list(model.blocks)
+    for block in blocks:
+        block.forward = functools.partial(
+            torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False
+        )
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay: float) -> None:
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1 - decay)
+
+
+def checkpoint_dir(results_dir) -> Path:
+    return Path(results_dir) / "checkpoints"
+
+
+def newest_checkpoint(results_dir) -> Path | None:
+    found = sorted(checkpoint_dir(results_dir).glob("[0-9]*.pt"))
+    return found[-1] if found else None
+
+
+def resolve_resume(resume, results_dir) -> Path | None:
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        return newest_checkpoint(results_dir)
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+def read_training_checkpoint(path) -> dict:
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dico training checkpoint (format {ckpt.get('format')!r}); "
+                              "to fine-tune from official weights, load them with dico.load_checkpoint instead")
+    return ckpt
+
+
+def config_from_checkpoint(path, **overrides) -> TrainConfig:
+    """The run configuration a checkpoint was written with, with `overrides` applied (e.g. a larger max_steps)."""
+    saved = read_training_checkpoint(path)["config"]
+    saved["betas"] = tuple(saved["betas"])
+    return TrainConfig(**{**saved, **overrides})
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+class RunLog:
+    """jsonl + TensorBoard log on the main process."""
+
+    def __init__(self, results_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            self.path = results_dir / "log.jsonl"
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(results_dir / "tensorboard"))
+            except ImportError:  # TensorBoard is optional: the jsonl log always exists
+                self.writer = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(config: TrainConfig, resume=None, device: str | None = None, progress: bool = True,
+          write_grid: bool = True) -> Path:
+    """Train (or resume) a run; returns the path of the final checkpoint."""
+    from ..data import build_dataset
+
+    env = setup(device)
+    results = Path(config.results_dir)
+    resume_path = resolve_resume(resume, results)
+    if env.main:
+        checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
+    dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae)
+    spec = model_spec(config.model, **{"in_channels": facts.in_channels, "num_classes": facts.num_classes,
+                                       **config.model_overrides})
+    if spec["arch"] == "dit":
+        spec = model_spec(config.model, input_size=facts.resolution,
+                          **{k: v for k, v in spec["config"].items() if k != "input_size"})
+    torch.manual_seed(config.seed)  # identical initial weights on every process
+    model = build_model(spec).to(env.device)
+    ema = build_model(spec).to(env.device).requires_grad_(False).eval()
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=tuple(config.betas),
+                            weight_decay=config.weight_decay)
+    start_step = 0
+    if resume_path is not None:
+        ckpt = read_training_checkpoint(resume_path)
+        if ckpt["spec"] != spec:
+            raise CheckpointError(f"{resume_path} holds {ckpt['spec']}, but this run builds {spec}")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        start_step = int(ckpt["step"])
+        if env.main:
+            print(f"resumed from {resume_path} at step {start_step}")
+
+    label_dropout = spec["config"].get("class_dropout_prob", 0.0) if facts.num_classes > 0 else 0.0
+    model.y_embedder.drop_in_forward = False  # dropout is drawn below, keyed per sample
+    if config.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    model.train()
+    wrapped = model
+    if env.world > 1:
+        wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+
+    micro = config.micro_batch or config.global_batch // env.world
+    if config.global_batch % (env.world * micro):
+        raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
+                         f"micro-batch ({micro})")
+    rounds = config.global_batch // (env.world * micro)
+    batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
+    loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
+                        pin_memory=env.device.type == "cuda", persistent_workers=False)
+    diffusion = create_diffusion("", noise_schedule=config.noise_schedule, learn_sigma=spec["config"]["learn_sigma"],
+                                 diffusion_steps=config.diffusion_steps)
+    # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
+    space = {"resolution": facts.resolution, "channels": facts.in_channels, "vae": facts.vae,
+             "latent_scale": facts.latent_scale}
+    log = RunLog(results, env.main)
+    if env.main and resume_path is None:
+        (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
+
+    def save(step: int) -> Path:
+        path = checkpoint_dir(results) / f"{step:07d}.pt"
+        if env.main:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "spec": spec,
+                "space": space,
+                "config": asdict(config),
+                "data": {"samples_seen": step * config.global_batch, "dataset_size": len(dataset),
+                         "seed": config.seed},
+                "rng": {"torch": torch.get_rng_state()},
+                "world": env.world,
+            }, path)
+        barrier()
+        return path
+
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    step = start_step
+    bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and env.main), unit="step",
+               dynamic_ncols=True)
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    last_path = None
+    batch_iter = iter(loader)
+    try:
+        while step < config.max_steps:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(config, step)
+            opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=env.device)
+            for a in range(rounds):
+                x, y = next(batch_iter)
+                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                keys = [(config.seed, step, p) for p in batches.positions(a)]
+                t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps,
+                                  env.device)
+                noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], env.device,
+                                    x.dtype)
+                if label_dropout > 0:
+                    drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
+                    y = torch.where(drop < label_dropout, facts.num_classes, y)
+                sync = a == rounds - 1 or env.world == 1
+                context = wrapped.no_sync() if not sync else contextlib.nullcontext()
+                with context, autocast:
+                    losses = diffusion.training_losses(wrapped, x, t, model_kwargs={"y": y}, noise=noise)
+                    loss = losses["loss"].float().mean() / rounds
+                with context:
+                    loss.backward()
+                step_loss += loss.detach()
+            opt.step()
+            update_ema(ema, model, config.ema_decay)
+            step += 1
+            window_loss += all_mean(step_loss).item()
+            window_steps += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "loss": window_loss / window_steps, "steps_per_s": window_steps / elapsed,
+                          "images_per_s": window_steps * config.global_batch / elapsed, "lr": learning_rate(config, step - 1)}
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if step % config.ckpt_every == 0 or step == config.max_steps:
+                last_path = save(step)
+    except KeyboardInterrupt:
+        if step > start_step:
+            path = save(step)
+            if env.main:
+                print(f"\ninterrupted: saved {path}; continue with --resume auto")
+        raise
+    finally:
+        bar.close()
+        log.close()
+    if last_path is None:  # nothing left to train: the run was already complete
+        last_path = newest_checkpoint(results)
+    if write_grid and env.main and last_path is not None:
+        from ..sampling import write_class_grid
+
+        grid = write_class_grid(ema, facts, results / "samples.png", classes=config.grid_classes,
+                                per_class=config.grid_per_class, steps=config.grid_steps,
+                                cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device)
+        print(f"sample grid (one row per class): {grid}")
+    barrier()
+    teardown()
+    return last_path
