@@ -4,7 +4,7 @@ import json
 from dataclasses import asdict
 
 from .counting import PAPER_COSTS, model_cost
-from .throughput import DTYPES, TASKS, BenchConfig, benchmark, format_table
+from .throughput import CLOCKS, DTYPES, TASKS, BenchConfig, benchmark, format_table
 
 
 def info(args) -> int:
@@ -28,7 +28,7 @@ def bench(args) -> int:
         torch.set_num_threads(args.threads)
     config = BenchConfig(models=args.models, tasks=args.tasks, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
                          image_size=args.image_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                         sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official)
+                         sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official, clock=args.clock)
     results = benchmark(config, progress=None if args.quiet else lambda msg: print(msg, flush=True))
     print(format_table(results))
     if args.json:
@@ -56,6 +56,8 @@ def register(subparsers):
     p.add_argument("--steps", type=int, default=10, help="sampling steps (each a CFG forward at 2x batch)")
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--official", default=None, help="checkout of shallowdream204/DiCo to compare against")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                   help="wall: elapsed time; cpu: process CPU time (robust on a shared machine, use with --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

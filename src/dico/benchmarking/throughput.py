@@ -5,14 +5,19 @@ rounds: each round times one call of every configuration in turn, so load from o
 machine hits all of them alike. We report the median over rounds. On CUDA each timed call is bracketed by
 `torch.cuda.synchronize()`.
 
+Clocks: "wall" (default) is elapsed time. "cpu" is the process's CPU time (time.process_time): on a machine shared
+with other jobs it measures the work our process did rather than the time it waited for a core, which keeps ratios
+meaningful under load. Use it with one thread (--threads 1); with several, threads waiting at barriers count too.
+
 Precision modes:
 - "fp32": plain float32; on CUDA TF32 is switched off for matmuls and convolutions (the paper's protocol).
 - "tf32": float32 with TF32 tensor cores allowed for matmuls and convolutions (CUDA only).
 - "bf16": float32 weights under `torch.autocast(device_type, dtype=torch.bfloat16)`, as users call it.
 
 Peak memory: on CUDA, `torch.cuda.max_memory_allocated()` above the memory held before the call; on CPU, the peak
-growth of the process's resident set during the call, sampled every 2 ms from /proc/self/statm (an estimate:
-short-lived peaks between samples are missed, memory the allocator keeps cached from earlier calls is not seen).
+growth of the process's resident set during the warm-up calls, sampled every 2 ms from /proc/self/statm (an
+estimate: short-lived peaks between samples are missed, memory the allocator kept cached from earlier calls is not
+seen). The sampling thread is off during timed calls.
 """
 
 import contextlib
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 
 TASKS = ("forward", "train", "sample")
 DTYPES = ("fp32", "tf32", "bf16")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 @dataclass
@@ -44,6 +50,7 @@ class BenchConfig:
     official: str = None  # path to a checkout of shallowdream204/DiCo to compare against, on the same weights
     num_classes: int = 1000
     seed: int = 0
+    clock: str = "wall"  # "wall" | "cpu" (see the module docstring)
 
 
 @dataclass
@@ -80,13 +87,18 @@ def validate(config: BenchConfig):
         raise ValueError(f"batch sizes must be positive integers, got {config.batch_sizes}")
     if config.image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (latent = image/8, divisible by 4), got {config.image_size}")
-    device = torch.device(config.device)
-    if device.type not in ("cpu", "cuda"):
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {config.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but torch.cuda.is_available() is False")
     if device.type == "cpu" and "tf32" in config.dtypes:
         raise ValueError("tf32 exists only on CUDA; on CPU use fp32 or bf16")
+    if config.clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {config.clock!r}")
     if config.repeats < 1 or config.warmup < 0 or config.sample_steps < 1:
         raise ValueError("repeats and sample_steps must be >= 1 and warmup >= 0")
 
@@ -182,23 +194,30 @@ class _Case:
             out = self.model.forward_with_cfg(torch.cat([x, x]), t, y, self.config.cfg_scale)
             x = x - out[: len(x), : x.shape[1]].float() / steps
 
-    def timed(self) -> float:
+    def timed(self, measure_memory: bool) -> float:
+        """Seconds of one call; with measure_memory, also tracks peak memory (on CPU that runs a sampling thread,
+        so warm-up calls measure memory and timed calls do not)."""
         cuda = self.device.type == "cuda"
+        clock = CLOCKS[self.config.clock]
         if cuda:
             torch.cuda.synchronize(self.device)
             base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            start = time.perf_counter()
+            start = clock()
             self.run()
             torch.cuda.synchronize(self.device)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) - base)
-        else:
+        elif measure_memory:
             with _RssSampler() as rss:
-                start = time.perf_counter()
+                start = clock()
                 self.run()
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
             self.peak = max(self.peak, rss.growth)
+        else:
+            start = clock()
+            self.run()
+            elapsed = clock() - start
         return elapsed
 
 
@@ -245,10 +264,10 @@ def benchmark(config: BenchConfig, progress=None) -> list:
     cases = build_cases(config)
     for case in cases:
         for _ in range(config.warmup):
-            case.run()
+            case.timed(measure_memory=True)
     for r in range(config.repeats):
         for case in cases:
-            case.seconds.append(case.timed())
+            case.seconds.append(case.timed(measure_memory=config.warmup == 0))
         if progress:
             progress(f"round {r + 1}/{config.repeats} done")
     return [BenchResult(c.name, c.implementation, c.task, c.batch, c.dtype, str(c.device), c.seconds, c.peak)

@@ -51,8 +51,12 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
 
 
 def autocast_dtype(device_type: str):
-    """The dtype autocast computes in on this device type, or None when autocast is off."""
-    if not torch.is_autocast_enabled(device_type):
+    """The dtype autocast computes in on this device type, or None when autocast is off (or has no such device, e.g.
+    "meta")."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+    except RuntimeError:
         return None
     return torch.get_autocast_dtype(device_type)
 
