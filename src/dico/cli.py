@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "dico.training.cli",
     "dico.sampling.cli",
     "dico.evaluation.cli",
+    "dico.data.cli",
 ]
 
 

@@ -1,8 +1,13 @@
 """Data sets the trainer reads: the bundled digits, image folders and pre-extracted VAE latents."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, export_digits, load_digits_uint8
+from .extract import extract_latents
+from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, scan_image_folder
+from .latents import LatentDataset, is_latent_dir, read_meta
+from .vae import LATENT_SCALE, VAE_ALIASES, decode_latents, encode_moments, load_vae, resolve_vae
 
 
 @dataclass
@@ -17,12 +22,42 @@ class DataFacts:
     class_names: list | None = None
 
 
+# Why image folders are not encoded while training: one VAE encoder forward per image per step costs more than a
+# DiCo-S training step itself (and the same again every epoch), while the posterior of an image never changes.
+ENCODE_ONCE = ("training on {path} with a VAE needs its latents extracted once first: run\n"
+               "  dico extract-latents --data {path} --out LATENTS_DIR --image-size {size} --vae {vae}\n"
+               "(torchrun --nproc_per_node=N ... to use N GPUs) and train with --data LATENTS_DIR. Encoding on the fly "
+               "would run the VAE encoder for every image at every step, which costs more than a DiCo-S step; "
+               "without --vae, an image folder trains in pixel space")
+
+
 def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
-    """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits."""
+    """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; a directory written by
+    `dico extract-latents` -> its latents (4 x h x w, decoded by its VAE, or by `vae` if given: ema and mse share
+    one encoder); an image folder -> pixels at `image_size` (with `vae`: an error asking to extract latents)."""
     if spec in (None, "digits"):
         return DigitsDataset(), DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES)
-    raise ValueError(f"unknown data {spec!r}")
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {spec}: no such directory; pass an image folder (root/<class>/<image> or "
+                                "root/<image>), a latents directory written by `dico extract-latents`, or nothing "
+                                "for the bundled digits")
+    if is_latent_dir(path):
+        dataset = LatentDataset(path, seed=seed)
+        meta = dataset.meta
+        channels, height, width = meta["latent_shape"]
+        if height != width:
+            raise ValueError(f"{path}: latents of {height}x{width}; models train on square inputs")
+        facts = DataFacts(channels, height, meta["num_classes"], resolve_vae(vae) if vae else meta["vae"],
+                          meta["scale"], meta["class_names"])
+        return dataset, facts
+    if vae is not None:
+        raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size, vae=vae))
+    dataset = ImageFolderDataset(path, image_size=image_size, seed=seed)
+    return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names)
 
 
 __all__ = ["DataFacts", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",
-           "DIGITS_CLASSES", "DIGITS_RESOLUTION"]
+           "DIGITS_CLASSES", "DIGITS_RESOLUTION", "IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_arr",
+           "scan_image_folder", "LatentDataset", "is_latent_dir", "read_meta", "extract_latents", "LATENT_SCALE",
+           "VAE_ALIASES", "decode_latents", "encode_moments", "load_vae", "resolve_vae"]

@@ -1,0 +1,148 @@
+"""`dico extract-latents`: the VAE posterior of every image and of its mirror image, once, before training.
+
+Encoding costs one VAE forward per image per step if done while training, more than a DiCo-S step itself; the
+official release therefore extracts once. Unlike it, we store the posterior (mean, std) rather than one sampled
+latent, so training still sees a fresh latent at every visit.
+
+Work split: the images not yet done are cut into batches in index order and batch k goes to process k % world.
+Each process writes its rows of the shared memory-mapped arrays and marks them in done.npy after each batch, so an
+interrupted run (any number of processes) resumes where it stopped, with the same batches and so the same bytes.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..distributed import barrier, setup
+from .folders import ImageFolderDataset, folder_fingerprint
+from .latents import (DONE, LATENT_FORMAT, META, PLAN, STORAGE_DTYPES, create_latent_files, open_done,
+                      open_moments, read_meta, write_json_atomic)
+from .vae import LATENT_SCALE, encode_moments, load_vae, resolve_vae
+
+# Settings an interrupted extraction must share with the run that resumes it.
+PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint")
+
+
+def latent_shape_of(vae, image_size: int) -> list:
+    """(C, h, w) of the VAE's latents for image_size images, from one forward (no assumption on the VAE's depth)."""
+    probe = torch.zeros(1, 3, image_size, image_size, device=vae.device, dtype=vae.dtype)
+    mean, _ = encode_moments(vae, probe)
+    return list(mean.shape[1:])
+
+
+def _check_plan(out: Path, plan: dict) -> str:
+    """'done' if `out` holds this finished extraction, 'resume' if an unfinished one, 'new' if nothing; an error
+    if it holds a different one. Every process runs this check, so all of them fail alike."""
+    wanted = {k: plan[k] for k in PLAN_KEYS}
+    for name, state in ((META, "done"), (PLAN, "resume")):
+        if (out / name).is_file():
+            saved = read_meta(out) if name == META else json.loads((out / PLAN).read_text())
+            saved = {k: saved.get(k) for k in PLAN_KEYS}
+            if saved != wanted:
+                changed = {k: (saved[k], wanted[k]) for k in PLAN_KEYS if saved[k] != wanted[k]}
+                raise ValueError(f"{out} holds {'an' if state == 'done' else 'an unfinished'} extraction with other "
+                                 f"settings (stored vs now: {changed}); choose another --out or remove it")
+            return state
+    return "new"
+
+
+def _write_batch(moments, done, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> None:
+    n = len(rows)
+    # (2n, C, h, w) x2 with the mirrored images second -> (n, flip, (mean, std), C, h, w)
+    block = torch.stack([mean, std], dim=1).unflatten(0, (2, n)).transpose(0, 1)
+    block = block.float().cpu().numpy().astype(moments.dtype)
+    contiguous = rows[-1] - rows[0] == n - 1
+    if contiguous:  # the usual case: a slice writes straight through the page cache
+        moments[rows[0]:rows[-1] + 1] = block
+    else:
+        moments[rows] = block
+    moments.flush()  # the rows reach the file before they are marked done
+    done[rows] = True
+    done.flush()
+
+
+def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int = 64, num_workers: int = 4,
+                    dtype: str = "float16", device=None, max_batches: int | None = None,
+                    progress: bool = True) -> Path:
+    """Encode every image of the folder `data` (and its mirror image) into posterior moments under `out`.
+
+    Run under torchrun to split the work over processes. Rerunning the same command resumes an interrupted run;
+    on a finished one it does nothing. `max_batches` stops each process after that many batches (an interruption
+    on purpose). Returns `out`; meta.json in it marks a finished extraction.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"--dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    owns_group = not dist.is_initialized()
+    env = setup(device)
+    out = Path(out)
+    dataset = ImageFolderDataset(data, image_size, flip=False)
+    vae_id = resolve_vae(vae)
+    model = load_vae(vae_id, env.device)
+    root = dataset.root.resolve()
+    plan = {
+        "format": LATENT_FORMAT,
+        "count": len(dataset),
+        "image_size": dataset.image_size,
+        "latent_shape": latent_shape_of(model, dataset.image_size),
+        "vae": vae_id,
+        "scale": LATENT_SCALE,
+        "dtype": dtype,
+        "fingerprint": folder_fingerprint(dataset.root, dataset.paths, dataset.labels),
+        "class_names": dataset.class_names,
+        "num_classes": dataset.num_classes,
+        "source": str(root),
+        "layout": "moments[image, flip (0 as is, 1 mirrored), (mean, std), channel, y, x], unscaled",
+    }
+    state = _check_plan(out, plan)
+    if state == "done":
+        if env.main:
+            print(f"{out} already holds these latents ({plan['count']} images); nothing to do")
+        return _finish(out, owns_group)
+    if state == "new" and env.main:
+        files = [os.path.relpath(p, dataset.root) for p in dataset.paths]
+        create_latent_files(out, dataset.labels, plan["latent_shape"], dtype, files)
+        write_json_atomic(out / PLAN, plan)  # last: an extraction without it never started computing
+    barrier()
+    done = open_done(out)
+    todo = np.flatnonzero(~done)
+    barrier()  # everyone has read the same to-do list before anyone marks rows done
+    moments = open_moments(out, "r+")
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    mine = batches[env.rank::env.world][:max_batches]
+    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
+                        pin_memory=env.device.type == "cuda")
+    bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
+               desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
+    for rows, (x, _) in zip(mine, loader):
+        x = x.to(env.device, non_blocking=True)
+        mean, std = encode_moments(model, torch.cat([x, torch.flip(x, dims=[-1])]))
+        _write_batch(moments, done, rows, mean, std)
+        bar.update(len(rows))
+    bar.close()
+    del moments
+    barrier()
+    if env.main:
+        if open_done(out, "r").all():
+            write_json_atomic(out / META, plan)  # last: marks the extraction finished
+            for name in (DONE, PLAN):
+                (out / name).unlink(missing_ok=True)
+            print(f"wrote latents of {plan['count']} images to {out}")
+        else:
+            left = int((~open_done(out, "r")).sum())
+            print(f"stopped with {left} of {plan['count']} images left; run the same command again to resume")
+    return _finish(out, owns_group)
+
+
+def _finish(out: Path, owns_group: bool) -> Path:
+    barrier()
+    if owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+    return out
