@@ -43,11 +43,12 @@ def load_vae(name_or_dir="ema", device="cpu", dtype=torch.float32, cache_dir=Non
             vae = AutoencoderKL.from_pretrained(name, torch_dtype=dtype, cache_dir=cache_dir,
                                                 local_files_only=local_files_only)
         except OSError as err:  # the Hub's offline / not-found errors are all OSErrors
+            hint = "" if name in VAE_ALIASES.values() else f" (if you meant a directory: {name} does not exist)"
             raise FileNotFoundError(
                 f"could not load the VAE {name!r} from the Hugging Face Hub or its local cache ({err}). When "
                 f"offline, download it once where there is network (`huggingface-cli download {name}`) and copy "
-                "the cache, or pass a local directory written by AutoencoderKL.save_pretrained (if you meant a "
-                f"directory: {name} does not exist)") from err
+                "the cache (HF_HUB_OFFLINE=1 then skips the network retries), or pass a local directory written by "
+                f"AutoencoderKL.save_pretrained{hint}") from err
     return vae.to(device).eval().requires_grad_(False)
 
 
