@@ -79,16 +79,20 @@ def test_count_rejects_bad_shapes():
 
 
 def test_benchmark_runs_every_task_side_by_side():
-    config = BenchConfig(models=["DiCo-S", "DiT-S/2"], tasks=["forward", "train", "sample"], batch_sizes=[2],
+    config = BenchConfig(models=["DiCo-S", "DiT-S/2"], tasks=["forward", "sample"], batch_sizes=[2],
                          dtypes=["fp32", "bf16"], image_size=32, repeats=2, warmup=1, sample_steps=2, num_classes=10)
     results = benchmark(config)
-    assert len(results) == 2 * 3 * 2
+    # A training step, cheap: one model, no warm-up, so the memory estimate comes from the timed call.
+    results += benchmark(BenchConfig(models=["DiCo-S"], tasks=["train"], batch_sizes=[2], image_size=32,
+                                     repeats=1, warmup=0, num_classes=10))
+    assert len(results) == 2 * 2 * 2 + 1
     for r in results:
-        assert len(r.seconds) == 2 and all(s > 0 for s in r.seconds)
+        assert all(s > 0 for s in r.seconds) and len(r.seconds) == (1 if r.task == "train" else 2)
         assert r.images_per_second == pytest.approx(2 / r.median_seconds)
         assert r.peak_memory_bytes >= 0
     table = format_table(results)
     assert table.count("\n") == len(results) + 1 and "| sample | DiT-S/2 | ours | 2 | bf16 |" in table
+    assert "| train | DiCo-S | ours | 2 | fp32 |" in table
 
 
 def test_benchmark_validates_its_config():
