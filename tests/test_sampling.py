@@ -112,3 +112,36 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     assert "--out must end in .png" in capsys.readouterr().err
     assert cli(["sample", "--ckpt", str(checkpoint), "--classes", "12", "--out", str(tmp_path / "x.png")]) == 2
     assert "--classes must lie in [0, 10)" in capsys.readouterr().err
+
+
+def test_deep_cache_refresh_steps_are_exact_and_cached_steps_skip_the_deep_levels(model):
+    from dico.models.dico import FeatureCache
+
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([500, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        full = model(x, t, y)
+        for depth in (1, 2):
+            cache = FeatureCache(depth)
+            assert torch.equal(model(x, t, y, cache=cache), full)  # a refresh call is the full network
+            cache.refresh = False
+            calls = []
+            hook = model.latent[0].register_forward_hook(lambda *a: calls.append(1))
+            reused = model(x, t, y, cache=cache)
+            hook.remove()
+            assert not calls  # the middle stage did not run
+            assert torch.allclose(reused, full, atol=1e-6)  # same input and step: same features
+            moved = model(x + 0.5, t, y, cache=cache)
+            assert not torch.allclose(moved, model(x + 0.5, t, y), atol=1e-4)  # stale deep features are used
+
+
+def test_deep_cache_sampling_stays_close_to_uncached(model):
+    options = SamplingOptions(method="ddim", steps=10, cfg_scale=2.0, seed=0)
+    labels = torch.tensor([1, 2, 3, 4])
+    plain = generate(model, SPACE, list(range(4)), labels, options)
+    options.cache_interval = 2
+    cached = generate(model, SPACE, list(range(4)), labels, options)
+    drift = np.abs(plain.astype(float) - cached.astype(float)).mean()
+    assert 0 < drift < 8  # mean absolute drift in grey levels out of 255
+    with pytest.raises(ValueError, match="cache depth"):
+        options.cache_depth = 3
+        generate(model, SPACE, [0], labels[:1], options)

@@ -98,7 +98,7 @@ def test_demo_command_trains_and_writes_a_class_grid(tmp_path, capsys):
     from PIL import Image
 
     grid = Image.open(tmp_path / "samples.png")
-    assert grid.size[1] > grid.size[0]  # ten rows (digits) of eight samples at 16 px: taller than wide
+    assert grid.size == (8 * 34 + 2, 10 * 34 + 2)  # ten rows (digits) of eight 8x8 samples shown at 32 px
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["model"] == "DiCo-Tiny" and saved["train"]["data"] is None
 

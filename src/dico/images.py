@@ -20,8 +20,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2) -> Path:
-    """uint8 (N, H, W, 3) images as one PNG, `nrow` images per row, white padding."""
+def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2, scale: int = 1) -> Path:
+    """uint8 (N, H, W, 3) images as one PNG, `nrow` images per row, white padding; `scale` enlarges each image by
+    pixel repetition (so 8x8 digits stay visible)."""
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = images.shape
     rows = (n + nrow - 1) // nrow
     canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)

@@ -334,39 +334,70 @@ class DiCo(nn.Module):
         y1, y2, y3 = self.y_embedder(y, self.training)
         return self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: "FeatureCache | None" = None):
+        """`cache` (sampling only) reuses the deep features of an earlier call; see FeatureCache."""
         self.check_inputs(x, t, y)
         c1, c2, c3 = self.conditioning(t, y)
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))
         for block in self.encoder_level_1:
             skip1 = block(skip1, c1)
-        skip2 = self.down1_2(skip1)
-        for block in self.encoder_level_2:
-            skip2 = block(skip2, c2)
-        h = self.down2_3(skip2)
-        for block in self.latent:
-            h = block(h, c3)
-        h = conv(self.reduce_chan_level2, torch.cat([self.up3_2(h), skip2], dim=1))
-        for block in self.decoder_level_2:
-            h = block(h, c2)
-        h = conv(self.reduce_chan_level1, torch.cat([self.up2_1(h), skip1], dim=1))
+        if cache is not None and not cache.refresh and cache.depth == 1 and cache.features is not None:
+            up1 = cache.features
+        else:
+            skip2 = self.down1_2(skip1)
+            for block in self.encoder_level_2:
+                skip2 = block(skip2, c2)
+            if cache is not None and not cache.refresh and cache.depth == 2 and cache.features is not None:
+                up2 = cache.features
+            else:
+                h = self.down2_3(skip2)
+                for block in self.latent:
+                    h = block(h, c3)
+                up2 = self.up3_2(h)
+                if cache is not None and cache.depth == 2:
+                    cache.features = up2
+            h = conv(self.reduce_chan_level2, torch.cat([up2, skip2], dim=1))
+            for block in self.decoder_level_2:
+                h = block(h, c2)
+            up1 = self.up2_1(h)
+            if cache is not None and cache.depth == 1:
+                cache.features = up1
+        h = conv(self.reduce_chan_level1, torch.cat([up1, skip1], dim=1))
         for block in self.decoder_level_1:
             h = block(h, c2)
         return self.final_layer(h, c2).contiguous()  # callers expect a plain NCHW tensor
 
-    def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3):
+    def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3, cache: "FeatureCache | None" = None):
         """Classifier-free guidance on a batch laid out [cond half; uncond half] (labels of the second half are the
         null class). Guidance acts on the first `guidance_channels` output channels: 3 by default, as the official
         release does for reproducibility; "all" (or None) guides all `in_channels` noise channels."""
-        return guided_output(self, x, t, y, cfg_scale, guidance_channels)
+        return guided_output(self, x, t, y, cfg_scale, guidance_channels, cache=cache)
 
 
-def guided_output(model, x, t, y, cfg_scale: float, guidance_channels=3):
+@dataclass
+class FeatureCache:
+    """DeepCache-style reuse of deep U-shape features across sampling steps.
+
+    On a refresh call the network runs in full and keeps what enters the outer level(s) from below: with depth 1 the
+    upsampled output of decoder level 2 (everything below level 1 is skipped next time), with depth 2 the upsampled
+    output of the middle stage. Other calls recompute only the outer level(s) on those features.
+    """
+
+    depth: int = 1
+    refresh: bool = True
+    features: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.depth not in (1, 2):
+            raise ValueError(f"cache depth must be 1 (outer level recomputed) or 2 (two outer levels), got {self.depth}")
+
+
+def guided_output(model, x, t, y, cfg_scale: float, guidance_channels=3, **forward_kwargs):
     """Shared classifier-free guidance for DiCo and DiT (same layout and semantics as the official code)."""
     if guidance_channels in (None, "all"):
         guidance_channels = model.in_channels
     half = x[: len(x) // 2]
-    out = model(torch.cat([half, half], dim=0), t, y)
+    out = model(torch.cat([half, half], dim=0), t, y, **forward_kwargs)
     eps, rest = out[:, :guidance_channels], out[:, guidance_channels:]
     cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
     guided = uncond + cfg_scale * (cond - uncond)

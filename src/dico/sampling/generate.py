@@ -69,8 +69,8 @@ def guided_model(model, options: SamplingOptions):
         # The official 3-channel rule assumes 4 latent channels; a grey pixel model has 1 noise channel.
         channels = min(int(channels), model.in_channels)
 
-    def guided(x, t, y):
-        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels)
+    def guided(x, t, y, **forward_kwargs):
+        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels, **forward_kwargs)
 
     return guided
 
@@ -133,7 +133,7 @@ def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, 
     model.eval()
     images = generate(model, space, indices, labels, options, device, vae=load_vae_for(space, device))
     model.train(was_training)
-    return save_grid(images, path, nrow=per_class)
+    return save_grid(images, path, nrow=per_class, scale=max(1, 32 // space.resolution))
 
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
