@@ -20,6 +20,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from dico.cli import main
 from dico.evaluation import (
     DigitsClassifier,
+    DigitsFeatures,
     GaussianStatistics,
     InceptionFeatures,
     cached_features,
@@ -42,6 +43,20 @@ NUM_IMAGES = 12  # per set: enough for k=3 precision/recall, few enough for CPU 
 @pytest.fixture(scope="session")
 def dico_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("dico_cache")
+
+
+def single_threaded_blas():
+    """The 2048x2048 eigendecompositions of FID run single-threaded here: on a shared 2-core machine multi-threaded
+    OpenBLAS spins against other processes and gets 5x slower, while one thread loses at most 2x when idle."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def blas_one_thread():
+    with single_threaded_blas():
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -107,10 +122,9 @@ def image_sets(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ours(image_sets, inception_weights):
-    return evaluate(
-        image_sets["ref"], image_sets["samples"], inception_weights=inception_weights, batch_size=8, device="cpu",
-        progress=False,
-    )  # fmt: skip
+    with single_threaded_blas():  # session fixtures are built before the module's autouse one applies
+        return evaluate(image_sets["ref"], image_sets["samples"], inception_weights=inception_weights, batch_size=8,
+                        device="cpu", progress=False)  # fmt: skip
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -128,13 +142,14 @@ class _UInt8Images(torch.utils.data.Dataset):
 def fidelity(image_sets, inception_weights):
     """torch-fidelity's own metrics: input1 = generated, input2 = real; one IS split and no shuffle, as ADM for
     fewer than 5000 samples; k = 3 neighbours for precision/recall (its default, as ADM)."""
-    return torch_fidelity.calculate_metrics(
-        input1=_UInt8Images(image_sets["sample_images"]),
-        input2=_UInt8Images(image_sets["ref_images"]),
-        cuda=False, batch_size=8, isc=True, fid=True, prc=True, isc_splits=1, samples_shuffle=False,
-        prc_neighborhood=3, feature_extractor="inception-v3-compat",
-        feature_extractor_weights_path=str(inception_weights), cache=False, verbose=False, save_cpu_ram=True,
-    )  # fmt: skip
+    with single_threaded_blas():
+        return torch_fidelity.calculate_metrics(
+            input1=_UInt8Images(image_sets["sample_images"]),
+            input2=_UInt8Images(image_sets["ref_images"]),
+            cuda=False, batch_size=8, isc=True, fid=True, prc=True, isc_splits=1, samples_shuffle=False,
+            prc_neighborhood=3, feature_extractor="inception-v3-compat",
+            feature_extractor_weights_path=str(inception_weights), cache=False, verbose=False, save_cpu_ram=True,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- Inception, as ADM defines
@@ -158,13 +173,14 @@ def test_fid_of_a_set_with_itself_is_zero(image_sets, inception_weights, ours):
 
 def test_spatial_features_are_mixed_6_conv_first_7_channels_flattened_nhwc(inception_weights):
     """Recompute ADM's "mixed_6/conv" by hand: the network up to Mixed_6c, then Mixed_6d's 1x1 branch (conv, BN, ReLU),
-    channels [:7] of the NHWC tensor flattened row-major: index = (h * 17 + w) * 7 + c."""
-    images = blob_images(7, 2)
+    channels [:7] of the NHWC tensor flattened row-major: index = (h * 17 + w) * 7 + c. The images are gray (one
+    channel), which the extractor must read as RGB with the value replicated; the hand computation gets RGB."""
+    gray = blob_images(7, 2)[..., :1]
     extractor = InceptionFeatures(inception_weights)
-    spatial = extractor(images)["spatial"]
+    spatial = extractor(gray)["spatial"]
     net = extractor.network
     with torch.no_grad():
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.repeat(gray, 3, axis=3)).permute(0, 3, 1, 2).float()
         x = (interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False) - 128) / 128
         for name in ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
                      "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"]:  # fmt: skip
@@ -180,29 +196,38 @@ def test_spatial_features_are_mixed_6_conv_first_7_channels_flattened_nhwc(incep
     assert np.abs(by_hand).max() > 0.1  # not a vacuous comparison of zeros
 
 
-def test_gray_images_are_replicated_to_rgb(inception_weights):
-    gray = blob_images(8, 2)[..., :1]
-    extractor = InceptionFeatures(inception_weights)
-    from_gray, from_rgb = extractor(gray), extractor(np.repeat(gray, 3, axis=3))
-    for layer in ("pool", "spatial", "logits"):
-        np.testing.assert_array_equal(from_gray[layer], from_rgb[layer])
-
-
-def test_precomputed_reference_statistics_are_used(image_sets, inception_weights, tmp_path):
-    """A reference .npz with mu/sigma/mu_s/sigma_s (ADM reference batch) is scored by them: with the samples' own
-    covariances and means moved by delta, FID = |delta|^2 exactly; precision/recall still come from its images."""
+def _shifted_statistics(image_sets, inception_weights):
+    """The samples' own statistics, and means moved by random deltas (pool, spatial)."""
     stats = cached_features(open_image_source(image_sets["samples"]), InceptionFeatures(inception_weights)).statistics
     rng = np.random.default_rng(3)
-    delta, delta_s = rng.normal(0, 0.5, 2048), rng.normal(0, 0.5, 2023)
+    return stats, rng.normal(0, 0.5, 2048), rng.normal(0, 0.5, 2023)
+
+
+def test_cli_uses_precomputed_reference_statistics_and_writes_json(image_sets, inception_weights, tmp_path, capsys):
+    """A reference .npz with images and mu/sigma/mu_s/sigma_s (as ADM's VIRTUAL_imagenet256_labeled.npz) is scored by
+    its statistics: with the samples' own covariances and means moved by delta, FID = |delta|^2 exactly; precision and
+    recall still come from its images (here the samples themselves, so both are 1)."""
+    stats, delta, delta_s = _shifted_statistics(image_sets, inception_weights)
     ref = tmp_path / "ref_with_stats.npz"
     np.savez(ref, image_sets["sample_images"], mu=stats["pool"].mu + delta, sigma=stats["pool"].sigma,
              mu_s=stats["spatial"].mu + delta_s, sigma_s=stats["spatial"].sigma)  # fmt: skip
-    result = evaluate(ref, image_sets["samples"], inception_weights=inception_weights, device="cpu", progress=False)
-    assert result.reference_statistics == "precomputed"
-    assert result.fid == pytest.approx(delta @ delta, rel=1e-6)
-    assert result.sfid == pytest.approx(delta_s @ delta_s, rel=1e-6)
-    assert result.precision == 1.0 and result.recall == 1.0
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", str(ref), str(image_sets["samples"]), "--inception-weights", str(inception_weights),
+                 "--json", str(out), "--device", "cpu", "--batch-size", "5", "--quiet"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("FID", "sFID", "Inception Score", "Precision", "Recall", "Samples", "precomputed"):
+        assert name in printed
+    metrics = json.loads(out.read_text())
+    assert metrics["reference_statistics"] == "precomputed" and metrics["features"] == "inception"
+    assert metrics["num_samples"] == metrics["num_reference"] == NUM_IMAGES
+    assert metrics["fid"] == pytest.approx(delta @ delta, rel=1e-6)
+    assert metrics["sfid"] == pytest.approx(delta_s @ delta_s, rel=1e-6)
+    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0 and metrics["inception_score"] > 1
 
+
+def test_reference_with_statistics_only_gives_fid_but_no_precision_recall(image_sets, inception_weights, tmp_path):
+    stats, delta, _ = _shifted_statistics(image_sets, inception_weights)
     stats_only = tmp_path / "stats_only.npz"
     np.savez(stats_only, mu=stats["pool"].mu + delta, sigma=stats["pool"].sigma, mu_s=stats["spatial"].mu,
              sigma_s=stats["spatial"].sigma)  # fmt: skip
@@ -211,40 +236,54 @@ def test_precomputed_reference_statistics_are_used(image_sets, inception_weights
     assert result.fid == pytest.approx(delta @ delta, rel=1e-6) and abs(result.sfid) < 1e-6 * (delta @ delta)
     assert result.precision is None and result.recall is None and result.num_reference == 0
     assert any("precision/recall unavailable" in note for note in result.notes)
+    assert "unavailable" in result.format()
 
 
-def test_features_are_cached_next_to_the_input_and_keyed_by_content(image_sets, inception_weights, tmp_path):
-    extractor = InceptionFeatures(inception_weights)
+def test_sfid_spatial_features_are_cached_as_statistics_only(image_sets, ours):
+    (cache,) = image_sets["samples"].parent.glob("samples.npz.*.inception-*.features.npz")
+    with np.load(cache) as data:
+        assert set(data.files) == {"pool", "logits", "mu_pool", "sigma_pool", "mu_spatial", "sigma_spatial"}
+        assert data["pool"].shape == (NUM_IMAGES, 2048) and data["sigma_spatial"].shape == (2023, 2023)
+
+
+def test_features_are_cached_next_to_the_input_and_keyed_by_content(digits_sets, tmp_path):
+    extractor = DigitsFeatures()
+    images = np.load(digits_sets / "held_out.npz")["arr_0"]
     path = tmp_path / "few.npz"
-    np.savez(path, image_sets["ref_images"][:4])
-    first = cached_features(open_image_source(path), extractor, batch_size=3, progress=False)
+    np.savez(path, images[:30])
+    first = cached_features(open_image_source(path), extractor, batch_size=7, progress=False)
     assert not first.from_cache and first.cache_path.parent == tmp_path
     assert first.cache_path.name.startswith("few.npz.") and first.cache_path.name.endswith(".features.npz")
     assert extractor.identity in first.cache_path.name
+    # Labels or statistics added to the file leave the pixels, and so the cache key, unchanged.
+    np.savez(path, images[:30], np.zeros(30, np.int64))
     again = cached_features(open_image_source(path), extractor, progress=False)
     assert again.from_cache and again.cache_path == first.cache_path
-    for layer in extractor.layers:
+    for layer in ("features", "logits"):
         np.testing.assert_array_equal(again.features[layer], first.features[layer])
-    np.testing.assert_array_equal(again.statistics["pool"].sigma, first.statistics["pool"].sigma)
+    np.testing.assert_array_equal(again.statistics["features"].sigma, first.statistics["features"].sigma)
     # Other pixels under the same name are other content: a new cache entry, not the stale one.
-    np.savez(path, image_sets["ref_images"][4:8])
+    np.savez(path, images[30:60])
     changed = cached_features(open_image_source(path), extractor, progress=False)
     assert not changed.from_cache and changed.cache_path != first.cache_path
-    assert not np.array_equal(changed.features["pool"], first.features["pool"])
+    assert not np.array_equal(changed.features["features"], first.features["features"])
+    # A damaged cache file is recomputed, with a warning, not trusted.
+    changed.cache_path.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="ignoring unreadable feature cache"):
+        rebuilt = cached_features(open_image_source(path), extractor, progress=False)
+    assert not rebuilt.from_cache
+    np.testing.assert_array_equal(rebuilt.features["features"], changed.features["features"])
 
 
-def test_cli_end_to_end_writes_json(image_sets, inception_weights, ours, tmp_path, capsys):
-    out = tmp_path / "metrics.json"
-    code = main(["evaluate", str(image_sets["ref"]), str(image_sets["samples"]), "--inception-weights",
-                 str(inception_weights), "--json", str(out), "--device", "cpu", "--batch-size", "5", "--quiet"])  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
-    for name in ("FID", "sFID", "Inception Score", "Precision", "Recall", "Samples"):
-        assert name in printed
-    metrics = json.loads(out.read_text())
-    assert metrics["num_samples"] == NUM_IMAGES and metrics["features"] == "inception"
-    for key in ("fid", "sfid", "inception_score", "precision", "recall"):
-        assert metrics[key] == pytest.approx(getattr(ours, key), rel=1e-5)
+def test_unwritable_cache_location_falls_back_to_the_dico_cache_dir(digits_sets, tmp_path, dico_cache):
+    path = tmp_path / "few.npz"
+    np.savez(path, np.load(digits_sets / "held_out.npz")["arr_0"][:10])
+    beside = cached_features(open_image_source(path), DigitsFeatures(), progress=False, use_cache=True).cache_path
+    beside.unlink()
+    beside.mkdir()  # the cache file cannot be written there any more (works even for root, unlike chmod)
+    moved = cached_features(open_image_source(path), DigitsFeatures(), progress=False)
+    assert not moved.from_cache and moved.cache_path == dico_cache / "features" / beside.name
+    assert cached_features(open_image_source(path), DigitsFeatures(), progress=False).from_cache
 
 
 # ------------------------------------------------------------------------------------------------------- bad inputs
@@ -330,7 +369,8 @@ def test_frechet_distance_equals_scipy_sqrtm_formula():
 
 
 def test_gaussian_statistics_equal_numpy_mean_and_cov():
-    features = np.random.default_rng(1).normal(size=(20000, 6)).astype(np.float32) * 3 + 1  # several chunks
+    # Several chunks, and far from zero: the one-pass sums must not lose the variance to cancellation.
+    features = (np.random.default_rng(1).normal(size=(20000, 6)) * 3 + 1e4).astype(np.float32)
     stats = gaussian_statistics(features)
     np.testing.assert_allclose(stats.mu, features.astype(np.float64).mean(0), rtol=1e-10)
     np.testing.assert_allclose(stats.sigma, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-9)

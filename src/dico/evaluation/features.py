@@ -22,21 +22,22 @@ from tqdm.auto import tqdm
 
 from .digits import cache_dir
 from .images import ImageSource, content_hash, iter_image_batches
-from .metrics import GaussianStatistics, gaussian_statistics
+from .metrics import GaussianStatistics, RunningStatistics
 
 
 class FeatureExtractor(Protocol):
     kind: str  # "inception" or "digits"
     identity: str  # names the network and its weights; part of the cache key
     layers: dict  # layer name -> feature dimension
-    statistics_layers: tuple  # layers whose mean/covariance are kept
+    stored_layers: tuple  # layers whose features are kept (precision/recall, scores)
+    statistics_layers: tuple  # layers whose mean/covariance are kept (Fréchet distances)
 
     def __call__(self, images: np.ndarray) -> dict: ...
 
 
 @dataclass
 class FeatureSet:
-    """Features of one image set: layer -> (N, D) float32, and statistics of the layers that need them."""
+    """Features of one image set: stored layer -> (N, D) float32, and statistics of the layers that need them."""
 
     features: dict[str, np.ndarray]
     statistics: dict[str, GaussianStatistics] = field(default_factory=dict)
@@ -85,18 +86,23 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 
 def extract_features(
     source: ImageSource, extractor: FeatureExtractor, batch_size: int = 64, progress: bool = True
-) -> dict[str, np.ndarray]:
-    """Run the extractor over all images, batch by batch; only the features are kept in memory."""
-    out = {name: np.empty((source.count, dim), dtype=np.float32) for name, dim in extractor.layers.items()}
+) -> FeatureSet:
+    """Run the extractor over all images, batch by batch. Kept in memory: the stored layers' features and running
+    statistics; layers needed only for statistics (sFID's 2023-d spatial features) are never gathered."""
+    stored = {name: np.empty((source.count, extractor.layers[name]), np.float32) for name in extractor.stored_layers}
+    running = {name: RunningStatistics(extractor.layers[name]) for name in extractor.statistics_layers}
     done = 0
     with tqdm(total=source.count, unit="img", desc=f"{extractor.kind} features of {source.path.name}",
               disable=not progress, file=sys.stderr, leave=False) as bar:  # fmt: skip
         for batch in _prefetch(iter_image_batches(source, batch_size)):
-            for name, values in extractor(batch).items():
-                out[name][done : done + len(batch)] = values
+            values = extractor(batch)
+            for name in stored:
+                stored[name][done : done + len(batch)] = values[name]
+            for name in running:
+                running[name].update(values[name])
             done += len(batch)
             bar.update(len(batch))
-    return out
+    return FeatureSet(stored, {name: r.result() for name, r in running.items()})
 
 
 def _cache_candidates(source: ImageSource, extractor: FeatureExtractor, digest: str) -> list[Path]:
@@ -107,7 +113,7 @@ def _cache_candidates(source: ImageSource, extractor: FeatureExtractor, digest: 
 def _read_cache(path: Path, extractor: FeatureExtractor, count: int) -> FeatureSet | None:
     try:
         with np.load(path) as data:
-            features = {name: data[name] for name in extractor.layers}
+            features = {name: data[name] for name in extractor.stored_layers}
             statistics = {
                 name: GaussianStatistics(data[f"mu_{name}"], data[f"sigma_{name}"])
                 for name in extractor.statistics_layers
@@ -148,9 +154,7 @@ def cached_features(
     for path in candidates:
         if path.is_file() and (hit := _read_cache(path, extractor, source.count)) is not None:
             return hit
-    features = extract_features(source, extractor, batch_size, progress)
-    statistics = {name: gaussian_statistics(features[name]) for name in extractor.statistics_layers}
-    feature_set = FeatureSet(features, statistics)
+    feature_set = extract_features(source, extractor, batch_size, progress)
     if use_cache:
         feature_set.cache_path = _write_cache(candidates, feature_set)
     return feature_set

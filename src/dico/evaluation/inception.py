@@ -87,7 +87,8 @@ class InceptionFeatures:
 
     kind = "inception"
     layers = {"pool": 2048, "spatial": SPATIAL_CHANNELS * 17 * 17, "logits": 1008}
-    statistics_layers = ("pool", "spatial")
+    stored_layers = ("pool", "logits")  # precision/recall, Inception Score
+    statistics_layers = ("pool", "spatial")  # FID, sFID
 
     def __init__(self, weights=None, device="cpu"):
         path = Path(weights).expanduser() if weights is not None else _downloaded_weights()

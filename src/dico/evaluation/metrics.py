@@ -28,21 +28,42 @@ class GaussianStatistics:
             raise ValueError(f"statistics need mu (D,) and sigma (D, D); got {self.mu.shape} and {self.sigma.shape}")
 
 
+class RunningStatistics:
+    """Mean and unbiased covariance (as np.cov) of feature batches seen one at a time, in float64.
+
+    Sums are taken around the first batch's mean, so the one-pass formula loses nothing to cancellation even when
+    features sit far from zero; only a D x D matrix is kept, never the features themselves.
+    """
+
+    def __init__(self, dim: int):
+        self.count = 0
+        self.shift = None
+        self.total = np.zeros(dim, dtype=np.float64)
+        self.gram = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, features: np.ndarray) -> None:
+        x = np.asarray(features, dtype=np.float64)
+        if self.shift is None:
+            self.shift = x.mean(axis=0)
+        x = x - self.shift
+        self.total += x.sum(axis=0)
+        self.gram += x.T @ x
+        self.count += len(x)
+
+    def result(self) -> GaussianStatistics:
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.count}")
+        mean = self.total / self.count
+        sigma = (self.gram - self.count * np.outer(mean, mean)) / (self.count - 1)
+        return GaussianStatistics(self.shift + mean, (sigma + sigma.T) / 2)
+
+
 def gaussian_statistics(features: np.ndarray) -> GaussianStatistics:
     """Mean and unbiased covariance (as np.cov) in float64, accumulated in chunks to bound memory."""
-    n, dim = features.shape
-    if n < 2:
-        raise ValueError(f"a covariance needs at least 2 feature vectors, got {n}")
-    mu = np.zeros(dim, dtype=np.float64)
-    for start in range(0, n, _STAT_CHUNK):
-        mu += features[start : start + _STAT_CHUNK].astype(np.float64).sum(axis=0)
-    mu /= n
-    sigma = np.zeros((dim, dim), dtype=np.float64)
-    for start in range(0, n, _STAT_CHUNK):
-        centered = features[start : start + _STAT_CHUNK].astype(np.float64) - mu
-        sigma += centered.T @ centered
-    sigma /= n - 1
-    return GaussianStatistics(mu, sigma)
+    running = RunningStatistics(features.shape[1])
+    for start in range(0, len(features), _STAT_CHUNK):
+        running.update(features[start : start + _STAT_CHUNK])
+    return running.result()
 
 
 def frechet_distance(a: GaussianStatistics, b: GaussianStatistics) -> float:
