@@ -6,13 +6,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import CheckpointError, load_weights, read_checkpoint, select_weights, stored_spec
+from ..data import resolve_vae
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
 from ..models import build_model, model_spec
 from .generate import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
-
-VAES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
-
 
 def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None, num_classes=None):
     """(model, output space) from any checkpoint. Ours carry both; official ones need the model name and are
@@ -33,9 +31,9 @@ def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None
     if isinstance(saved_space, dict) and name is None:
         space = OutputSpace(**saved_space)
         if vae is not None and space.vae is not None:
-            space.vae = VAES.get(vae, vae)
+            space.vae = resolve_vae(vae)
     else:
-        space = OutputSpace.latent(image_size, VAES.get(vae or "ema", vae))
+        space = OutputSpace.latent(image_size, resolve_vae(vae or "ema"))
     return model, space
 
 

@@ -106,9 +106,11 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
     if doubled:
         z = z[: len(indices)]
     if space.vae is not None:
+        from ..data import decode_latents
+
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
-        z = vae.decode(z.to(vae.dtype) / space.latent_scale).sample
+        z = decode_latents(vae, z, space.latent_scale)
     return to_uint8(z)
 
 

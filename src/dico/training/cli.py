@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--model-options", help='JSON of model overrides, e.g. \'{"channel_attention": "se"}\'')
     p.add_argument("--data", help="extracted latents dir or image folder (omit: bundled digits)")
     p.add_argument("--image-size", type=int, help="image folders: training resolution in pixels")
-    p.add_argument("--vae", help="image folders: encode on the fly with this VAE (ema|mse|dir)")
+    p.add_argument("--vae", help="latents: the VAE that decodes samples (ema|mse|dir); image folders: refused, "
+                   "run dico extract-latents first")
     p.add_argument("--results-dir", help="checkpoints, logs and samples go here")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--global-batch", type=int, help="images per optimizer step, over all processes")

@@ -9,7 +9,7 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     data: str | None = None  # None: the bundled digits; else extracted latents or an image folder
     image_size: int = 256  # for image folders (pixels); latents carry their own size
-    vae: str | None = None  # encode image folders on the fly with this VAE (else train in pixel space)
+    vae: str | None = None  # latents: decoder override for samples (image folders train in pixel space)
     results_dir: str = "results"
     max_steps: int = 400_000
     global_batch: int = 256
