@@ -35,6 +35,7 @@ from dico.evaluation import (
     precision_recall,
 )
 from dico.evaluation.digits import train_digits_classifier
+from dico.evaluation.images import read_labels
 
 NUM_IMAGES = 12  # per set: enough for k=3 precision/recall, few enough for CPU Inception
 
@@ -339,6 +340,20 @@ def test_bad_inception_weights_and_statistics_give_clear_errors(tmp_path, image_
         evaluate(image_sets["ref"], image_sets["samples"], features="clip")
 
 
+def test_labels_and_single_images_are_checked_before_any_feature_is_computed(tmp_path, digits_sets):
+    images = np.load(digits_sets / "held_out.npz")["arr_0"][:5]
+    np.savez(tmp_path / "one.npz", images[:1])
+    with pytest.raises(ValueError, match="single image"):
+        evaluate(digits_sets / "train.npz", tmp_path / "one.npz", features="digits", device="cpu")
+    np.savez(tmp_path / "label_11.npz", images, np.array([0, 1, 2, 3, 11]))
+    with pytest.raises(ValueError, match=r"labels \(arr_1\) must lie in \[0, 9\]"):
+        evaluate(digits_sets / "train.npz", tmp_path / "label_11.npz", features="digits", device="cpu")
+    np.savez(tmp_path / "float_labels.npz", images, np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="one integer class label per image"):
+        evaluate(digits_sets / "train.npz", tmp_path / "float_labels.npz", features="digits", device="cpu")
+    assert not list(tmp_path.glob("*.features.npz"))
+
+
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     code = main(["evaluate", str(tmp_path / "missing_ref.npz"), str(tmp_path / "missing.npz"), "--features", "digits"])
     assert code == 2
@@ -422,6 +437,13 @@ def test_npz_streaming_and_image_folders_read_the_same_pixels(tmp_path):
         batches = list(iter_image_batches(source, 4))
         assert [len(b) for b in batches] == [4, 4, 3]
         np.testing.assert_array_equal(np.concatenate(batches), images)
+    # What `dico sample` writes (streamed, zip64, .npy header 2.0, labels in arr_1) reads back the same.
+    from dico.images import write_npz
+
+    written = open_image_source(write_npz(tmp_path / "sampled.npz", [images[:6], images[6:]], 11, (9, 9, 3),
+                                          np.arange(11)))  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate(list(iter_image_batches(written, 5))), images)
+    np.testing.assert_array_equal(read_labels(written), np.arange(11))
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i, image in enumerate(images):

@@ -1,9 +1,9 @@
 """Digits-FID: an offline stand-in for Inception on scikit-learn's handwritten digits.
 
 A small ConvNet, trained deterministically in a few seconds on a fixed 80% split of the 1797 bundled 8x8 digits
-(upscaled to 16x16 three ways: nearest, bilinear, bicubic), gives 64-d penultimate features for a Fréchet distance and precision/recall, and class
-predictions for the accuracy of class-conditional samples. The numbers measure the digits demo only: Digits-FID is on
-another scale than ImageNet FID and not comparable with it.
+(upscaled to 16x16 three ways: nearest, bilinear, bicubic), gives 64-d penultimate features for a Fréchet distance and
+precision/recall, and class predictions for the accuracy of class-conditional samples. The numbers measure the digits
+demo only: Digits-FID is on another scale than ImageNet FID and not comparable with it.
 
 The trained weights are cached (by default under ~/.cache/dico); their hash is part of the feature cache key.
 """
@@ -19,17 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import cache_dir
+
 DIGITS_RESOLUTION = 16
 RECIPE_VERSION = "v3"  # bump when the architecture or the training recipe changes
 TRAIN_FRACTION = 0.8
 SPLIT_SEED = 0
-
-
-def cache_dir() -> Path:
-    """$DICO_CACHE_DIR, else $XDG_CACHE_HOME/dico, else ~/.cache/dico."""
-    if os.environ.get("DICO_CACHE_DIR"):
-        return Path(os.environ["DICO_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "dico"
 
 
 UPSCALINGS = ("nearest", "bilinear", "bicubic")

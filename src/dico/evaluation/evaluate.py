@@ -65,11 +65,12 @@ class EvaluationResult:
             ("Recall", self.recall),
             ("Class accuracy", self.class_accuracy),
         ]
+        not_applicable = ("Class accuracy",) if self.features == "inception" else ("sFID", "Inception Score")
         lines = []
         for name, value in rows:
+            if name in not_applicable:
+                continue
             if value is None:
-                if self.features == "digits" and name in ("sFID", "Inception Score"):
-                    continue
                 value = "unavailable"
             elif isinstance(value, float):
                 value = f"{value:.4f}"
@@ -116,6 +117,13 @@ def _precomputed_statistics(source: ImageSource, layers: dict) -> dict[str, Gaus
     return out
 
 
+def _sample_labels(source: ImageSource, num_classes: int):
+    labels = read_labels(source)
+    if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{source.path}: labels (arr_1) must lie in [0, {num_classes - 1}]")
+    return labels
+
+
 def evaluate(
     reference,
     samples,
@@ -142,9 +150,12 @@ def evaluate(
     batch_size = batch_size or default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    # Inputs are checked before the network is built: a wrong file fails in a second, not after an hour of features.
     sample_source = open_image_source(samples)
     reference_source = open_image_source(reference, require_images=False)
-    # Inputs are checked before the network is built: a wrong file fails in a second, not after loading weights.
+    for source in (sample_source, reference_source):
+        if source.count == 1:
+            raise ValueError(f"{source.path} holds a single image; a covariance needs at least 2")
     precomputed = {}
     if features == "inception":
         precomputed = _precomputed_statistics(reference_source, InceptionFeatures.layers)
@@ -152,6 +163,7 @@ def evaluate(
             raise ValueError(f"{reference_source.path} holds neither images nor all of mu, sigma, mu_s, sigma_s")
     elif not reference_source.has_images:
         raise ValueError(f"{reference_source.path} holds only Inception statistics; --features {features} needs images")
+    labels = _sample_labels(sample_source, DigitsFeatures.label_classes) if features == "digits" else None
     extractor = build_extractor(features, inception_weights, device)
 
     sample_set = cached_features(sample_source, extractor, batch_size, progress, use_cache)
@@ -187,13 +199,9 @@ def evaluate(
             reference_set.features[pr_layer], sample_set.features[pr_layer], PR_NEIGHBORHOOD, device
         )
     if features == "digits":
-        labels = read_labels(sample_source)
         if labels is None:
             notes.append("class accuracy unavailable: the samples carry no labels (arr_1)")
         else:
-            num_classes = extractor.label_classes
-            if labels.min() < 0 or labels.max() >= num_classes:
-                raise ValueError(f"{sample_source.path}: labels (arr_1) must lie in [0, {num_classes - 1}]")
             result.class_accuracy = class_accuracy(sample_set.features["logits"], labels)
         notes.append("Digits-FID uses a digits classifier's features; it is not comparable with ImageNet FID")
     if features == "inception" and sample_source.count < 50000:

@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from .digits import cache_dir
+from .cache import cache_dir
 from .images import ImageSource, content_hash, iter_image_batches
 from .metrics import GaussianStatistics, RunningStatistics
 
