@@ -179,3 +179,26 @@ def test_official_latent_checkpoint_samples_through_its_vae(tmp_path):
     expected = generate(model_b.eval(), space, [0, 1], torch.tensor([3, 4]), SamplingOptions(steps=2),
                         vae=load_vae(tmp_path / "vae", "cpu"))
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_deep_cache_with_guidance_refreshes_exactly_and_runs_the_cond_half_on_cached_calls(model):
+    from dico.sampling.deepcache import DeepCache
+
+    x = torch.randn(3, 1, 8, 8)
+    x2, t, y = torch.cat([x, x]), torch.full((6,), 400), torch.tensor([1, 2, 3, 10, 10, 10])
+    fn = DeepCache(model, interval=3, depth=1, cfg_scale=2.5, guidance_channels=1)
+    sizes = []
+    hook = model.x_embedder.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    with torch.no_grad():
+        first = fn(x2, t, y)
+        second = fn(x2 + 0.01, t, y)
+    hook.remove()
+    assert sizes == [6, 3]  # the cached call ran the conditional half only
+    from dico.models.dico import FeatureCache
+
+    with torch.no_grad():
+        assert torch.allclose(first, model.forward_with_cfg(x2, t, y, 2.5, 1), atol=1e-6)  # refresh = full CFG
+        stale = FeatureCache(1, refresh=False, features=fn.cache.features[:3])
+        cond = model(x2[:3] + 0.01, t[:3], y[:3], cache=stale)
+    assert torch.allclose(second[:3, :1], cond[:, :1] + 1.5 * fn.direction, atol=1e-5)
+    assert torch.equal(second[:3], second[3:])

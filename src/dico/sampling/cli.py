@@ -47,7 +47,7 @@ def run(args) -> int:
     options = SamplingOptions(method=args.method, steps=args.steps, cfg_scale=args.cfg_scale,
                               guidance_channels=args.guidance_channels, eta=args.eta, seed=args.seed,
                               batch_size=args.batch_size, cache_interval=args.cache_interval,
-                              cache_depth=args.cache_depth)
+                              cache_depth=args.cache_depth, cache_guidance=not args.no_cache_guidance)
     out = Path(args.out)
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, args.num_samples, options, classes, env.rank, env.world, env.device,
@@ -93,4 +93,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--cache-interval", type=int, default=1, help="DeepCache: full forward every N steps (1 = off)")
     p.add_argument("--cache-depth", type=int, default=1, choices=[1, 2], help="DeepCache: outer levels recomputed")
+    p.add_argument("--no-cache-guidance", action="store_true",
+                   help="DeepCache with guidance: cached steps run both halves instead of reusing cond - uncond")
     p.set_defaults(func=run)

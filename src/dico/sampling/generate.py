@@ -49,6 +49,7 @@ class SamplingOptions:
     diffusion_steps: int = 1000
     cache_interval: int = 1  # DeepCache-style reuse of deep features every N steps (1 = off)
     cache_depth: int = 1  # how many outer levels are recomputed on cached steps (1 or 2)
+    cache_guidance: bool = True  # cached guided steps reuse the guidance direction (run the cond half only)
 
 
 def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
@@ -60,17 +61,21 @@ def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Te
     return keyed_randint([(seed, PURPOSES["label"], i) for i in indices], num_classes)
 
 
+def guidance_channels(model, options: SamplingOptions):
+    if options.guidance_channels == "all":
+        return "all"
+    # The official 3-channel rule assumes 4 latent channels; a grey pixel model has 1 noise channel.
+    return min(int(options.guidance_channels), model.in_channels)
+
+
 def guided_model(model, options: SamplingOptions):
     """The callable the sampler runs: plain, or classifier-free guidance over a [cond; uncond] batch."""
     if options.cfg_scale == 1.0:
         return model
-    channels = options.guidance_channels
-    if channels != "all":
-        # The official 3-channel rule assumes 4 latent channels; a grey pixel model has 1 noise channel.
-        channels = min(int(channels), model.in_channels)
+    channels = guidance_channels(model, options)
 
-    def guided(x, t, y, **forward_kwargs):
-        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels, **forward_kwargs)
+    def guided(x, t, y):
+        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels)
 
     return guided
 
@@ -96,11 +101,13 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
         labels = torch.cat([labels, torch.full_like(labels, model.num_classes)])
     diffusion = create_diffusion("", noise_schedule=options.noise_schedule, learn_sigma=model.learn_sigma,
                                  diffusion_steps=options.diffusion_steps)
-    fn = guided_model(model, options)
     if options.cache_interval > 1:
         from .deepcache import DeepCache
 
-        fn = DeepCache(fn, model, options.cache_interval, options.cache_depth)
+        fn = DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
+                       guidance_channels(model, options), options.cache_guidance)
+    else:
+        fn = guided_model(model, options)
     z = sample_loop(diffusion, fn, noise.shape, method=options.method, steps=options.steps, eta=options.eta,
                     noise=noise, step_noise=step_noise, model_kwargs={"y": labels}, device=device, progress=progress)
     if doubled:
