@@ -49,7 +49,9 @@ def open_image_source(path, *, require_images: bool = True) -> ImageSource:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected an ADM-format .npz file or a folder of png/jpg images)")
+        raise FileNotFoundError(
+            f"{path} does not exist (expected an ADM-format .npz file or a folder of png/jpg images)"
+        )
     if path.is_dir():
         return _open_folder(path)
     return _open_npz(path, require_images)
