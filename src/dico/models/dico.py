@@ -66,27 +66,41 @@ def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
 
     Under bf16 autocast the result feeds a bf16 convolution, so we normalise in bf16 straight away (the kernel
     accumulates in fp32) instead of letting autocast produce an fp32 map that the next conv casts again: the
-    fp32 residual stream is read once and the rest of the work moves half the bytes.
+    fp32 residual stream is read once and the rest of the work moves half the bytes. Outside autograd the
+    modulation writes over the normalised map instead of into a fresh one (see `fresh`).
     """
     low = autocast_dtype(x.device.type)
-    if low is not None and low != x.dtype:
-        with torch.autocast(x.device.type, enabled=False):
-            h = F.layer_norm(nhwc(x).to(low), (x.shape[1],), eps=eps)
-            return nchw(torch.addcmul(shift.to(low)[:, None, None, :], h, (1 + scale).to(low)[:, None, None, :]))
-    h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
-    return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :]))
+    with torch.autocast(x.device.type, enabled=False):
+        if low is not None and low != x.dtype:
+            x, shift, scale = x.to(low), shift.to(low), scale.to(low)
+        h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
+        return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :], out=reuse(h)))
 
 
-def pointwise(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """act(x) computed on the NHWC view: the bf16 GELU kernel is about 2x faster on a plainly contiguous tensor
-    than on the same memory seen as channels-last NCHW."""
-    return nchw(act(nhwc(x)))
+# Outside autograd we overwrite intermediates we own instead of allocating a new map for every element-wise op.
+# Besides saving bandwidth this matters on glibc: blocks larger than its mmap threshold (at most 32 MiB, e.g. the
+# fp32 FFN map of DiCo-S at batch 16) are fresh mmaps whose pages the kernel zero-fills on first touch, which made
+# such ops 4-5x slower than the same op writing into an existing buffer (measured; see BENCHMARKS.md).
+def reuse(t: torch.Tensor):
+    """`out=` argument for an op whose result may overwrite `t`: t itself outside autograd, else None."""
+    return None if torch.is_grad_enabled() else t
+
+
+def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The block's activation on an NCHW map in channels-last memory, applied on the plainly contiguous NHWC view
+    (the bf16 GELU kernel is about 2x faster there than on channels-last strides); in place outside autograd."""
+    v = nhwc(x)
+    if kind == "gelu":
+        return nchw(F.gelu(v) if torch.is_grad_enabled() else torch.ops.aten.gelu_(v))
+    return nchw(F.relu(v, inplace=not torch.is_grad_enabled()))
 
 
 # Inference under bf16 autocast: autocast casts every fp32 weight again on every call, which at small batches moves
 # as many bytes as the activations do. Outside autograd we keep the low-precision copy between calls and refresh it
 # whenever the parameter changes in place (its version counter moves: optimizer steps, load_state_dict, p.copy_).
-# Writes through `param.data` bypass that counter: call `clear_inference_cache()` after such edits.
+# Writes through `param.data` bypass that counter: call `clear_inference_cache()` after such edits. Convolution
+# weights are kept channels-last, the layout oneDNN wants for channels-last inputs (else it copies 3x3 weights
+# on every call).
 _INFERENCE_WEIGHTS = {}  # id(param) -> (weakref to param, (version, data_ptr, dtype), low-precision copy)
 
 
@@ -102,7 +116,10 @@ def inference_weight(param, dtype):
     if hit is None or hit[0]() is not param or hit[1] != key:
         pid = id(param)
         ref = weakref.ref(param, lambda _, pid=pid: _INFERENCE_WEIGHTS.pop(pid, None))
-        hit = _INFERENCE_WEIGHTS[pid] = (ref, key, param.detach().to(dtype))
+        copy = param.detach().to(dtype)
+        if copy.ndim == 4:
+            copy = copy.contiguous(memory_format=torch.channels_last)
+        hit = _INFERENCE_WEIGHTS[pid] = (ref, key, copy)
     return hit[2]
 
 
@@ -125,9 +142,33 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low))
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """x + gate * h in one pass (addcmul) instead of a multiply then an add."""
-    return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], nhwc(h)))
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x + gate * h in one pass (addcmul) instead of a multiply then an add; `inplace` (x is ours to overwrite)
+    takes effect outside autograd."""
+    v = nhwc(x)
+    return nchw(torch.addcmul(v, gate[:, None, None, :], nhwc(h), out=reuse(v) if inplace else None))
+
+
+def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """Per-sample channel weights (N, C) of CCA / SE on the vector of channel means. For a bf16 map the sums are a
+    (1 x HW) @ (HW x C) matmul per sample, which reads the map once and accumulates in fp32: ATen's bf16 mean
+    (and AdaptiveAvgPool2d under autocast) first copies the whole map to fp32."""
+    v = nhwc(h)
+    if v.dtype == torch.bfloat16:
+        n, height, width, channels = v.shape
+        sums = torch.bmm(v.new_ones(n, 1, height * width), v.reshape(n, height * width, channels))
+        z = sums.view(n, channels).float() / (height * width)
+    else:
+        z = v.mean(dim=(1, 2))
+    for layer in ca[1:]:
+        z = F.linear(z, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(z)
+    return z
+
+
+def scale_channels(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """h * w[:, :, None, None] on the NHWC view, in place outside autograd."""
+    v = nhwc(h)
+    return nchw(torch.mul(v, w.to(h.dtype)[:, None, None, :], out=reuse(v)))
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -172,16 +213,17 @@ class DiCoBlock(nn.Module):
         self.norm1 = LayerNorm2d(hidden_size)
         self.norm2 = LayerNorm2d(hidden_size)
         self.act = ACTIVATIONS[activation]()
+        self.activation = activation
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
-        h = pointwise(self.act, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift1, scale1))))
+        h = activation(self.activation, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift1, scale1))))
         if self.ca is not None:
-            h = h * self.ca(h)
+            h = scale_channels(h, channel_attention_weights(self.ca, h))
         x = gated_residual(x, gate1, conv(self.conv3, h))
-        h = conv(self.conv5, pointwise(self.act, conv(self.conv4, modulated_norm(x, shift2, scale2))))
-        return gated_residual(x, gate2, h)
+        h = conv(self.conv5, activation(self.activation, conv(self.conv4, modulated_norm(x, shift2, scale2))))
+        return gated_residual(x, gate2, h, inplace=True)  # x is the map made one line above
 
 
 class FinalLayer(nn.Module):
