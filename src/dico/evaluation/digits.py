@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .cache import cache_dir
 
 DIGITS_RESOLUTION = 16
-RECIPE_VERSION = "v3"  # bump when the architecture or the training recipe changes
+RECIPE_VERSION = "v4"  # bump when the architecture or the training recipe changes
 TRAIN_FRACTION = 0.8
 SPLIT_SEED = 0
 
@@ -31,29 +31,27 @@ UPSCALINGS = ("nearest", "bilinear", "bicubic")
 
 
 def digits_images(resolution: int = DIGITS_RESOLUTION, upscale: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 scikit-learn digits as uint8 (N, resolution, resolution, 1) images and their labels (N,).
+    """The demo's digits (`dico.data.load_digits_uint8`: 8x8 uint8) as (N, resolution, resolution, 1) images and labels.
 
-    Pixel values 0..16 map linearly to 0..255. `upscale`: "nearest" or "bilinear" (torch, on the float values, then
-    rounded) or "bicubic" (PIL's filter on the rounded uint8 8x8 images).
+    `upscale`: "nearest" or "bilinear" (torch, on the float values, then rounded) or "bicubic" (PIL's filter).
     """
-    from sklearn.datasets import load_digits
+    from ..data import load_digits_uint8
 
     if upscale not in UPSCALINGS:
         raise ValueError(f"unknown upscale {upscale!r}; choose one of {', '.join(UPSCALINGS)}")
-    digits = load_digits()
+    small, labels = load_digits_uint8()
     if upscale == "bicubic":
         from PIL import Image
 
-        small = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
         size = (resolution, resolution)
         images = np.stack([np.asarray(Image.fromarray(im).resize(size, resample=Image.BICUBIC)) for im in small])
-        return np.ascontiguousarray(images[..., None]), digits.target.astype(np.int64)
-    pixels = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]
-    if resolution != 8:
+        return np.ascontiguousarray(images[..., None]), labels.copy()
+    pixels = torch.from_numpy(small.astype(np.float32))[:, None]
+    if resolution != small.shape[-1]:
         options = {"align_corners": False} if upscale == "bilinear" else {}
         pixels = F.interpolate(pixels, size=(resolution, resolution), mode=upscale, **options)
     images = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return np.ascontiguousarray(images), digits.target.astype(np.int64)
+    return np.ascontiguousarray(images), labels.copy()
 
 
 def digits_split() -> tuple[np.ndarray, np.ndarray]:
