@@ -1,6 +1,7 @@
-"""The model's fast paths (channels-last layout, fused modulation and residuals, bf16 autocast) compute exactly the
-function of the straightforward NCHW formulation written out below, for every ablation variant, in train and eval
-mode, for outputs and gradients."""
+"""The model's fast paths (channels-last layout, fused modulation and residuals, in-place element-wise ops outside
+autograd, channel means as matmuls in bf16, bf16 autocast with cached weights) compute exactly the function of the
+straightforward NCHW formulation written out below, for every ablation variant, in train and eval mode, for outputs
+and gradients."""
 
 import pytest
 import torch
@@ -97,6 +98,38 @@ def test_eval_forward_matches_reference(variant):
     x, t, y = inputs()
     with torch.no_grad():
         assert rel_err(model(x, t, y), ref_forward(model, x, t, y)) < 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_bf16_eval_forward_close_to_reference(variant):
+    model = random_model(hidden_size=32, **variant).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # realistic magnitudes: bf16 error is relative to the signal
+            p.mul_(0.25)
+    x, t, y = inputs()
+    with torch.no_grad():
+        ref = ref_forward(model, x, t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, y)
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_inference_leaves_inputs_and_cached_features_intact(autocast):
+    # Outside autograd the blocks overwrite their own intermediates; a block's input (which the network keeps as a
+    # U-Net skip, and FeatureCache keeps between calls) must never be among them.
+    model = random_model().eval()
+    x, t, y = inputs()
+    c = model.conditioning(t, y)[0].detach()
+    h = torch.randn(3, 16, 12, 20).contiguous(memory_format=torch.channels_last)
+    h_before, c_before, x_before = h.clone(), c.clone(), x.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        block = model.encoder_level_1[0]
+        out1 = block(h, c)
+        out2 = block(h, c)
+        model(x, t, y)
+    assert torch.equal(h, h_before) and torch.equal(c, c_before) and torch.equal(x, x_before)
+    assert torch.equal(out1, out2)
 
 
 def test_channels_last_input_and_odd_spatial_sizes():
