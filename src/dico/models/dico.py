@@ -61,22 +61,6 @@ def autocast_dtype(device_type: str):
     return torch.get_autocast_dtype(device_type)
 
 
-def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """modulate(LayerNorm2d(x), shift, scale) with the modulation as one fused multiply-add (addcmul).
-
-    Under bf16 autocast the result feeds a bf16 convolution, so we normalise in bf16 straight away (the kernel
-    accumulates in fp32) instead of letting autocast produce an fp32 map that the next conv casts again: the
-    fp32 residual stream is read once and the rest of the work moves half the bytes. Outside autograd the
-    modulation writes over the normalised map instead of into a fresh one (see `fresh`).
-    """
-    low = autocast_dtype(x.device.type)
-    with torch.autocast(x.device.type, enabled=False):
-        if low is not None and low != x.dtype:
-            x, shift, scale = x.to(low), shift.to(low), scale.to(low)
-        h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
-        return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :], out=reuse(h)))
-
-
 # Outside autograd we overwrite intermediates we own instead of allocating a new map for every element-wise op.
 # Besides saving bandwidth this matters on glibc: blocks larger than its mmap threshold (at most 32 MiB, e.g. the
 # fp32 FFN map of DiCo-S at batch 16) are fresh mmaps whose pages the kernel zero-fills on first touch, which made
@@ -84,6 +68,22 @@ def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
 def reuse(t: torch.Tensor):
     """`out=` argument for an op whose result may overwrite `t`: t itself outside autograd, else None."""
     return None if torch.is_grad_enabled() else t
+
+
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """modulate(LayerNorm2d(x), shift, scale) with the modulation as one fused multiply-add (addcmul).
+
+    Under bf16 autocast the result feeds a bf16 convolution, so we normalise in bf16 straight away (the kernel
+    accumulates in fp32) instead of letting autocast produce an fp32 map that the next conv casts again: the
+    fp32 residual stream is read once and the rest of the work moves half the bytes. Outside autograd the
+    modulation writes over the normalised map instead of into a fresh one (see `reuse`).
+    """
+    low = autocast_dtype(x.device.type)
+    if low is not None:  # (autocast would also run layer_norm in fp32 on a map that is already bf16)
+        with torch.autocast(x.device.type, enabled=False):
+            return modulated_norm(x.to(low), shift.to(low), scale.to(low), eps)
+    h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
+    return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :], out=reuse(h)))
 
 
 def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
