@@ -142,11 +142,12 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low))
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x + gate * h in one pass (addcmul) instead of a multiply then an add; `inplace` (x is ours to overwrite)
-    takes effect outside autograd."""
-    v = nhwc(x)
-    return nchw(torch.addcmul(v, gate[:, None, None, :], nhwc(h), out=reuse(v) if inplace else None))
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """x + gate * h in one pass (addcmul) instead of a multiply then an add; outside autograd it overwrites h (the
+    branch's fresh output; never x, the block's input)."""
+    v = nhwc(h)
+    out = reuse(v) if torch.result_type(x, h) == h.dtype else None  # (an fp32 x with a bf16 branch gives fp32)
+    return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], v, out=out))
 
 
 def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
@@ -223,7 +224,7 @@ class DiCoBlock(nn.Module):
             h = scale_channels(h, channel_attention_weights(self.ca, h))
         x = gated_residual(x, gate1, conv(self.conv3, h))
         h = conv(self.conv5, activation(self.activation, conv(self.conv4, modulated_norm(x, shift2, scale2))))
-        return gated_residual(x, gate2, h, inplace=True)  # x is the map made one line above
+        return gated_residual(x, gate2, h)
 
 
 class FinalLayer(nn.Module):
