@@ -161,7 +161,7 @@ def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tenso
         z = sums.view(n, channels).float() / (height * width)
     else:
         z = v.mean(dim=(1, 2))
-    for layer in ca[1:]:
+    for layer in ca[1:]:  # ca[0], the pooling, is the mean above; the 1x1 convs act on a vector: F.linear
         z = F.linear(z, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(z)
     return z
 
