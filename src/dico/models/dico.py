@@ -384,27 +384,27 @@ class DiCo(nn.Module):
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))
         for block in self.encoder_level_1:
             skip1 = block(skip1, c1)
-        if cache is not None and not cache.refresh and cache.depth == 1 and cache.features is not None:
+        if cache is not None and cache.hit(1):
             up1 = cache.features
         else:
             skip2 = self.down1_2(skip1)
             for block in self.encoder_level_2:
                 skip2 = block(skip2, c2)
-            if cache is not None and not cache.refresh and cache.depth == 2 and cache.features is not None:
+            if cache is not None and cache.hit(2):
                 up2 = cache.features
             else:
                 h = self.down2_3(skip2)
                 for block in self.latent:
                     h = block(h, c3)
                 up2 = self.up3_2(h)
-                if cache is not None and cache.depth == 2:
-                    cache.features = up2
+                if cache is not None:
+                    cache.store(2, up2)
             h = conv(self.reduce_chan_level2, torch.cat([up2, skip2], dim=1))
             for block in self.decoder_level_2:
                 h = block(h, c2)
             up1 = self.up2_1(h)
-            if cache is not None and cache.depth == 1:
-                cache.features = up1
+            if cache is not None:
+                cache.store(1, up1)
         h = conv(self.reduce_chan_level1, torch.cat([up1, skip1], dim=1))
         for block in self.decoder_level_1:
             h = block(h, c2)
@@ -433,6 +433,14 @@ class FeatureCache:
     def __post_init__(self):
         if self.depth not in (1, 2):
             raise ValueError(f"cache depth must be 1 (outer level recomputed) or 2 (two outer levels), got {self.depth}")
+
+    def hit(self, depth: int) -> bool:
+        """Whether this call reuses the features kept at `depth`."""
+        return not self.refresh and self.depth == depth and self.features is not None
+
+    def store(self, depth: int, features: torch.Tensor) -> None:
+        if self.depth == depth:
+            self.features = features
 
 
 def guided_output(model, x, t, y, cfg_scale: float, guidance_channels=3, **forward_kwargs):
