@@ -202,3 +202,11 @@ def test_deep_cache_with_guidance_refreshes_exactly_and_runs_the_cond_half_on_ca
         cond = model(x2[:3] + 0.01, t[:3], y[:3], cache=stale)
     assert torch.allclose(second[:3, :1], cond[:, :1] + 1.5 * fn.direction, atol=1e-5)
     assert torch.equal(second[:3], second[3:])
+
+
+def test_our_checkpoint_keeps_its_own_model_and_space(checkpoint, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert cli(["sample", "--ckpt", str(checkpoint), "--model", "DiCo-Tiny", "--steps", "2", "--num-samples", "2",
+                "--out", str(out)]) == 0  # the same name as stored: fine, and still 8x8 pixels (no VAE)
+    assert cli(["sample", "--ckpt", str(checkpoint), "--model", "DiCo-XL", "--out", str(out)]) == 2
+    assert "holds DiCo-Tiny, not DiCo-XL" in capsys.readouterr().err

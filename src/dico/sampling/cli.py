@@ -9,7 +9,7 @@ from ..checkpoints import CheckpointError, load_weights, read_checkpoint, select
 from ..data import resolve_vae
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
-from ..models import build_model, model_spec
+from ..models import MODELS, build_model, model_spec
 from .generate import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
 
 def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None, num_classes=None):
@@ -18,17 +18,19 @@ def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
     spec = stored_spec(ckpt)
-    if name is not None:
+    if spec is None:
+        if name is None:
+            raise CheckpointError(f"{source} does not say which model it holds (an official checkpoint?): "
+                                  "pass --model, e.g. --model DiCo-XL")
         overrides = {} if num_classes is None else {"num_classes": num_classes}
+        if MODELS.get(name, ("",))[0] == "dit":
+            overrides["input_size"] = image_size // 8
         spec = model_spec(name, **overrides)
-        if spec["arch"] == "dit":
-            spec = model_spec(name, input_size=image_size // 8, **overrides)
-    elif spec is None:
-        raise CheckpointError(f"{source} does not say which model it holds (an official checkpoint?): "
-                              "pass --model, e.g. --model DiCo-XL")
+    elif name is not None and name != spec["name"]:
+        raise CheckpointError(f"{source} holds {spec['name']}, not {name}; leave --model out for our checkpoints")
     model = load_weights(build_model(spec), state, str(source)).eval()
     saved_space = ckpt.get("space")
-    if isinstance(saved_space, dict) and name is None:
+    if isinstance(saved_space, dict):
         space = OutputSpace(**saved_space)
         if vae is not None and space.vae is not None:
             space.vae = resolve_vae(vae)
