@@ -114,3 +114,11 @@ def test_resume_from_a_foreign_file_is_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match="not a dico training checkpoint"):
         train(run_config(tmp_path / "run"), resume=str(bad), progress=False)
+
+
+def test_a_fresh_run_never_overwrites_existing_checkpoints(reference):
+    results, final = reference
+    before = final.read_bytes()
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(run_config(results), progress=False, write_grid=False)
+    assert final.read_bytes() == before

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"dico {args.command}: error: {err}", file=sys.stderr)

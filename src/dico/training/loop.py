@@ -176,6 +176,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     env = setup(device)
     results = Path(config.results_dir)
     resume_path = resolve_resume(resume, results)
+    if resume_path is None and newest_checkpoint(results) is not None:
+        # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
+        raise ValueError(f"{results} already holds checkpoints (newest: {newest_checkpoint(results).name}); continue "
+                         "with --resume auto, or choose another --results-dir")
     if env.main:
         checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
     dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae)
