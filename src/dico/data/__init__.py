@@ -18,7 +18,7 @@ class DataFacts:
     resolution: int  # spatial size the model sees (latent size for latent data)
     num_classes: int  # 0 = unconditional
     vae: str | None = None  # the VAE that decodes samples (latent data), else None (pixels)
-    latent_scale: float = 0.18215
+    latent_scale: float = LATENT_SCALE
     class_names: list | None = None
 
 

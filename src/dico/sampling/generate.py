@@ -15,9 +15,8 @@ from tqdm import tqdm
 
 from ..diffusion import create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
+from ..data.vae import LATENT_SCALE, VAE_ALIASES
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
-
-LATENT_SCALE = 0.18215  # Stable Diffusion VAE latent scale, as DiT and DiCo use it
 
 
 @dataclass
@@ -30,7 +29,7 @@ class OutputSpace:
     latent_scale: float = LATENT_SCALE
 
     @classmethod
-    def latent(cls, image_size: int = 256, vae: str = "stabilityai/sd-vae-ft-ema") -> "OutputSpace":
+    def latent(cls, image_size: int = 256, vae: str = VAE_ALIASES["ema"]) -> "OutputSpace":
         if image_size % 8:
             raise ValueError(f"image size must be divisible by 8 (the VAE's downsampling), got {image_size}")
         return cls(image_size // 8, 4, vae)
@@ -132,11 +131,10 @@ def load_vae_for(space: OutputSpace, device):
 def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, steps: int = 50,
                      cfg_scale: float = 1.0, seed: int = 0, device=None, method: str = "ddpm") -> Path:
     """A PNG grid with one row per class (the first `classes` classes), `per_class` samples each."""
-    space = OutputSpace(facts.resolution, facts.in_channels, facts.vae, getattr(facts, "latent_scale", LATENT_SCALE))
-    num_classes = max(facts.num_classes, 1)
-    rows = min(classes, num_classes)
+    space = OutputSpace(facts.resolution, facts.in_channels, facts.vae, facts.latent_scale)
+    rows = min(classes, facts.num_classes) if facts.num_classes else 1  # unconditional: one row of label 0
     indices = list(range(rows * per_class))
-    labels = torch.tensor([i // per_class for i in indices]) if facts.num_classes else torch.zeros(len(indices), dtype=torch.long)
+    labels = torch.tensor([i // per_class for i in indices])
     options = SamplingOptions(method=method, steps=steps, cfg_scale=cfg_scale if facts.num_classes else 1.0, seed=seed)
     was_training = model.training
     model.eval()
@@ -183,14 +181,14 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
         labels = image_labels(indices, model.num_classes, options.seed, classes)
         images = generate(model, space, indices, labels, options, device, vae=vae)
         tmp = parts / f".{k:06d}.tmp.npz"
-        np.savez(tmp, images=images, labels=labels.numpy())
+        np.savez(tmp, images=images)
         tmp.replace(parts / f"{k:06d}.npz")
     barrier()
     if rank != 0:
         return None
     files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
-    labels = np.concatenate([np.load(f)["labels"] for f in files])
-    first = np.load(files[0])["images"]
-    write_npz(out, (np.load(f)["images"] for f in files), num_samples, first.shape[1:], labels)
+    labels = image_labels(range(num_samples), model.num_classes, options.seed, classes).numpy()  # keyed: derivable
+    image_shape = np.load(files[0])["images"].shape[1:]
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels)
     shutil.rmtree(parts)
     return out

@@ -8,7 +8,6 @@ batch is split over processes and accumulation rounds, and resuming from a check
 import contextlib
 import functools
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,10 +20,10 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError, atomic_save, read_checkpoint
 from ..diffusion import create_diffusion
+from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
 from .config import TrainConfig
-from ..distributed import Dist, all_mean, barrier, setup, teardown
 
 CHECKPOINT_FORMAT = "dico-train/1"
 
@@ -176,9 +175,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     env = setup(device)
     results = Path(config.results_dir)
     resume_path = resolve_resume(resume, results)
-    if resume_path is None and newest_checkpoint(results) is not None:
+    existing = newest_checkpoint(results)
+    if resume_path is None and existing is not None:
         # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
-        raise ValueError(f"{results} already holds checkpoints (newest: {newest_checkpoint(results).name}); continue "
+        raise ValueError(f"{results} already holds checkpoints (newest: {existing.name}); continue "
                          "with --resume auto, or choose another --results-dir")
     if env.main:
         checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
