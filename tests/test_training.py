@@ -122,3 +122,24 @@ def test_a_fresh_run_never_overwrites_existing_checkpoints(reference):
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(run_config(results), progress=False, write_grid=False)
     assert final.read_bytes() == before
+
+
+def test_the_fused_optimizer_steps_like_the_reference_adamw(reference):
+    from dico.training.optim import adamw
+
+    ckpt = torch.load(reference[1], weights_only=True)
+    assert ckpt["opt"]["param_groups"][0]["fused"] is True  # what `dico train` used on this CPU
+    torch.manual_seed(0)
+    model = dico.create_model("DiCo-Tiny", **TINY)
+    params = {fused: [p.detach().clone().requires_grad_() for p in model.parameters()] for fused in (True, False)}
+    grads = [torch.randn_like(p) for p in params[True]]
+    optimizers = {True: adamw(params[True], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01),
+                  False: torch.optim.AdamW(params[False], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01)}
+    for _ in range(3):
+        for fused, opt in optimizers.items():
+            for p, g in zip(params[fused], grads):
+                p.grad = g.clone()
+            opt.step()
+    moved = max((a - p.detach()).abs().max().item() for a, p in zip(params[False], model.parameters()))
+    assert moved > 1e-3
+    assert max((a - b).abs().max().item() for a, b in zip(params[True], params[False])) < 1e-6

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from .cpu_allocator import tune_glibc_malloc
+
 COMMAND_MODULES = [
     "dico.benchmarking.cli",
     "dico.checkpoints",
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    tune_glibc_malloc()  # our process: keep freed CPU memory for reuse (see dico.cpu_allocator)
     try:
         return args.func(args) or 0
     except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:

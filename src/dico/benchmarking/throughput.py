@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..training.optim import adamw
+
 TASKS = ("forward", "train", "sample")
 DTYPES = ("fp32", "tf32", "bf16")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -166,8 +168,11 @@ class _Case:
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
         if task == "train":
-            # Each case trains its own copy, so optimizer state never leaks between implementations.
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+            # Each case trains its own copy, so optimizer state never leaks between implementations. Each
+            # implementation steps with the optimizer its own trainer uses: the official train.py a default AdamW,
+            # `dico train` the fused one.
+            make = adamw if implementation == "ours" else torch.optim.AdamW
+            self.optimizer = make(model.parameters(), lr=1e-4, weight_decay=0)
 
     def run(self):
         with precision(self.dtype, self.device):

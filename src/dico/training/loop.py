@@ -24,6 +24,7 @@ from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
 from .config import TrainConfig
+from .optim import adamw
 
 CHECKPOINT_FORMAT = "dico-train/1"
 
@@ -192,8 +193,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     model = build_model(spec).to(env.device)
     ema = build_model(spec).to(env.device).requires_grad_(False).eval()
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=tuple(config.betas),
-                            weight_decay=config.weight_decay)
+    opt = adamw(model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     start_step = 0
     if resume_path is not None:
         ckpt = read_training_checkpoint(resume_path)
