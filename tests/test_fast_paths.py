@@ -229,3 +229,21 @@ def test_dit_bf16_inference_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x, t, y)
     assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_inference_ffn_in_batch_slices_matches_the_whole_batch(monkeypatch, autocast):
+    import dico.models.dico as dico_module
+
+    model = random_model(hidden_size=32).eval()
+    x, t, y = inputs(n=5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        whole = model(x, t, y)
+        hidden = torch.empty(5, 32, 12, 20)
+        per_sample = 64 * 12 * 20 * (2 if autocast else 4)  # FFN map of one sample at level 1 (hidden 2 x 32)
+        monkeypatch.setattr(dico_module, "FFN_CHUNK_BYTES", 2 * per_sample)
+        assert dico_module.ffn_chunks(hidden, 64) == 3  # slices of 2, 2 and 1 samples
+        sliced = model(x, t, y)
+    assert rel_err(sliced, whole) < 1e-6
+    if not autocast:
+        assert rel_err(sliced, ref_forward(model, x, t, y)) < 1e-5

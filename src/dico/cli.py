@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    tune_glibc_malloc()  # our process: keep freed CPU memory for reuse (see dico.cpu_allocator)
+    if getattr(args, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
+        tune_glibc_malloc()
     try:
         return args.func(args) or 0
     except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:

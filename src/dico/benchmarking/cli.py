@@ -29,7 +29,13 @@ def bench(args) -> int:
     config = BenchConfig(models=args.models, tasks=args.tasks, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
                          image_size=args.image_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
                          sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official, clock=args.clock)
+    import torch
+
+    from ..cpu_allocator import malloc_tuned
+
     results = benchmark(config, progress=None if args.quiet else lambda msg: print(msg, flush=True))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}, "
+          f"glibc malloc tuning {'on' if malloc_tuned() else 'off'}")
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:
@@ -59,6 +65,9 @@ def register(subparsers):
     p.add_argument("--clock", default="wall", choices=list(CLOCKS),
                    help="wall: elapsed time; cpu: process CPU time (robust on a shared machine, use with --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="apply the glibc malloc settings of the other dico commands (for every model in the run); "
+                        "default: measure as in a plain Python process")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=bench)

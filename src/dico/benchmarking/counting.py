@@ -41,6 +41,8 @@ def _first(out):
 
 MAC_RULES = {
     aten.convolution: _conv,
+    # (input, weight, bias, padding, stride, dilation, groups): weight.shape[1] is already per group
+    aten.mkldnn_convolution: lambda a, o: o.numel() * a[1].shape[1] * math.prod(a[1].shape[2:]),
     aten.addmm: lambda a, o: a[1].shape[0] * a[1].shape[1] * a[2].shape[1],
     aten.mm: lambda a, o: a[0].shape[0] * a[0].shape[1] * a[1].shape[1],
     aten.bmm: lambda a, o: math.prod(a[0].shape) * a[1].shape[-1],

@@ -124,9 +124,16 @@ def inference_weight(param, dtype):
 
 
 def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), with cached low-precision weights for inference under autocast (see above)."""
+    """layer(x), with cached low-precision weights for inference under autocast (see above). fp32 inference on CPU
+    calls oneDNN directly: for 1x1 kernels at batch < 16 on one thread ATen picks its im2col + sgemm path instead,
+    1.6x slower per image here (BENCHMARKS.md)."""
+    if torch.is_grad_enabled():
+        return layer(x)
     low = autocast_dtype(x.device.type)
-    if low is None or torch.is_grad_enabled():
+    if low is None:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            return torch.mkldnn_convolution(x, layer.weight, layer.bias, layer.padding, layer.stride, layer.dilation,
+                                            layer.groups)
         return layer(x)
     with torch.autocast(x.device.type, enabled=False):
         return F.conv2d(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low),
@@ -142,12 +149,29 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low))
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None = None):
     """x + gate * h in one pass (addcmul) instead of a multiply then an add; outside autograd it overwrites h (the
-    branch's fresh output; never x, the block's input)."""
+    branch's fresh output; never x, the block's input), or writes into `out` when given."""
     v = nhwc(h)
-    out = reuse(v) if torch.result_type(x, h) == h.dtype else None  # (an fp32 x with a bf16 branch gives fp32)
+    if out is not None:
+        out = nhwc(out)
+    elif torch.result_type(x, h) == h.dtype:  # (an fp32 x with a bf16 branch gives fp32)
+        out = reuse(v)
     return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], v, out=out))
+
+
+# glibc serves blocks of 32 MiB and more with fresh mmaps, whose pages the kernel zero-fills on every call (e.g. the
+# fp32 FFN map of DiCo-S at batch 16: 32 MiB); inference keeps each slice's hidden map at or below this.
+FFN_CHUNK_BYTES = 16 << 20
+
+
+def ffn_chunks(h: torch.Tensor, hidden_channels: int) -> int:
+    """How many batch slices inference runs the FFN in (1 under autograd, which keeps every map anyway)."""
+    if torch.is_grad_enabled():
+        return 1
+    dtype = autocast_dtype(h.device.type) or h.dtype
+    per_sample = hidden_channels * h.shape[2] * h.shape[3] * dtype.itemsize
+    return max(1, min(len(h), -(-len(h) * per_sample // FFN_CHUNK_BYTES)))
 
 
 def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
@@ -223,8 +247,20 @@ class DiCoBlock(nn.Module):
         if self.ca is not None:
             h = scale_channels(h, channel_attention_weights(self.ca, h))
         x = gated_residual(x, gate1, conv(self.conv3, h))
-        h = conv(self.conv5, activation(self.activation, conv(self.conv4, modulated_norm(x, shift2, scale2))))
-        return gated_residual(x, gate2, h)
+        h = modulated_norm(x, shift2, scale2)
+        chunks = ffn_chunks(h, self.conv4.out_channels)
+        if chunks == 1:
+            return gated_residual(x, gate2, self.ffn(h))
+        # Inference with a large hidden map: run the FFN on slices of the batch (every op is per sample), each
+        # writing its gated residual into its slice of one output map.
+        out = torch.empty(x.shape, dtype=torch.result_type(x, h), device=x.device, memory_format=torch.channels_last)
+        for i in torch.arange(len(x)).tensor_split(chunks):
+            part = slice(int(i[0]), int(i[-1]) + 1)
+            gated_residual(x[part], gate2[part], self.ffn(h[part]), out=out[part])
+        return out
+
+    def ffn(self, h: torch.Tensor) -> torch.Tensor:
+        return conv(self.conv5, activation(self.activation, conv(self.conv4, h)))
 
 
 class FinalLayer(nn.Module):
