@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+
 SCRIPT = textwrap.dedent("""
     import ctypes, resource, torch
     from dico.cpu_allocator import tune_glibc_malloc
@@ -40,7 +42,6 @@ def run(**env):
     return out[0] == "True", *map(int, out[1:])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_tuned_malloc_keeps_a_steps_memory_for_the_next():
     applied, mapped, heap, kept, faults = run(DICO_MALLOC_TUNING="1", GLIBC_TUNABLES="")
     assert applied
@@ -56,7 +57,6 @@ def test_users_own_glibc_tunables_win():
     assert not applied
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_dico_bench_measures_a_plain_process_unless_asked():
     def bench(*extra):
         cmd = [sys.executable, "-m", "dico.cli", "bench", "--models", "DiCo-S", "--batch-sizes", "1", "--image-size",

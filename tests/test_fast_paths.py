@@ -231,7 +231,7 @@ def test_inference_ffn_in_batch_slices_matches_the_whole_batch(monkeypatch, auto
     x, t, y = inputs(n=5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         whole = model(x, t, y)
-        hidden = torch.empty(5, 32, 12, 20)
+        hidden = torch.empty(5, 32, 12, 20, dtype=torch.bfloat16 if autocast else torch.float32)  # modulated map
         per_sample = 64 * 12 * 20 * (2 if autocast else 4)  # FFN map of one sample at level 1 (hidden 2 x 32)
         monkeypatch.setattr(dico_module, "FFN_CHUNK_BYTES", 2 * per_sample)
         assert dico_module.ffn_chunks(hidden, 64) == 3  # slices of 2, 2 and 1 samples

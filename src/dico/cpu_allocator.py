@@ -4,8 +4,9 @@ PyTorch's CPU tensors come from malloc. glibc serves blocks above a moving thres
 32 MiB) with fresh mmaps and hands freed heap tops back to the kernel, so a training step, whose activations are all
 alive at once and all freed at the end, gets new pages every step, and the kernel zero-fills each 4 KiB page on
 first touch. Measured for DiCo-S at batch 16, one thread: ~400k page faults and ~0.7 s of a 3.7 s fp32 training
-step (BENCHMARKS.md). A fixed 32 MiB mmap threshold and a trim threshold the run never reaches keep those pages in
-the process, the usual advice for PyTorch on CPU (jemalloc/tcmalloc do the same by other means).
+step (BENCHMARKS.md). A fixed 32 MiB mmap threshold and no heap trimming keep those pages in the process, so the
+kernel never zero-fills them again: the usual advice for PyTorch on CPU (jemalloc/tcmalloc do the same by other
+means).
 
 Process-wide, so only the `dico` command applies it (never `import dico`); `DICO_MALLOC_TUNING=0` turns it off,
 and a GLIBC_TUNABLES that sets malloc options wins.

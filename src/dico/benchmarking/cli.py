@@ -22,17 +22,15 @@ def info(args) -> int:
 
 
 def bench(args) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    config = BenchConfig(models=args.models, tasks=args.tasks, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
-                         image_size=args.image_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                         sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official, clock=args.clock)
     import torch
 
     from ..cpu_allocator import malloc_tuned
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = BenchConfig(models=args.models, tasks=args.tasks, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
+                         image_size=args.image_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                         sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official, clock=args.clock)
     results = benchmark(config, progress=None if args.quiet else lambda msg: print(msg, flush=True))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}, "
           f"glibc malloc tuning {'on' if malloc_tuned() else 'off'}")

@@ -123,15 +123,18 @@ def inference_weight(param, dtype):
     return hit[2]
 
 
+ONEDNN_BUILT = torch.backends.mkldnn.is_available()
+
+
 def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """layer(x), with cached low-precision weights for inference under autocast (see above). fp32 inference on CPU
-    calls oneDNN directly: for 1x1 kernels at batch < 16 on one thread ATen picks its im2col + sgemm path instead,
-    1.6x slower per image here (BENCHMARKS.md)."""
+    calls oneDNN directly (unless the user turned it off with torch.backends.mkldnn): for 1x1 kernels at batch < 16
+    on one thread ATen picks its im2col + sgemm path instead, about 1.7x slower here (BENCHMARKS.md)."""
     if torch.is_grad_enabled():
         return layer(x)
     low = autocast_dtype(x.device.type)
     if low is None:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_BUILT and torch.backends.mkldnn.enabled:
             return torch.mkldnn_convolution(x, layer.weight, layer.bias, layer.padding, layer.stride, layer.dilation,
                                             layer.groups)
         return layer(x)
@@ -169,8 +172,7 @@ def ffn_chunks(h: torch.Tensor, hidden_channels: int) -> int:
     """How many batch slices inference runs the FFN in (1 under autograd, which keeps every map anyway)."""
     if torch.is_grad_enabled():
         return 1
-    dtype = autocast_dtype(h.device.type) or h.dtype
-    per_sample = hidden_channels * h.shape[2] * h.shape[3] * dtype.itemsize
+    per_sample = hidden_channels * h.shape[2] * h.shape[3] * h.element_size()  # conv4 keeps h's dtype
     return max(1, min(len(h), -(-len(h) * per_sample // FFN_CHUNK_BYTES)))
 
 
@@ -254,9 +256,9 @@ class DiCoBlock(nn.Module):
         # Inference with a large hidden map: run the FFN on slices of the batch (every op is per sample), each
         # writing its gated residual into its slice of one output map.
         out = torch.empty(x.shape, dtype=torch.result_type(x, h), device=x.device, memory_format=torch.channels_last)
-        for i in torch.arange(len(x)).tensor_split(chunks):
-            part = slice(int(i[0]), int(i[-1]) + 1)
-            gated_residual(x[part], gate2[part], self.ffn(h[part]), out=out[part])
+        for parts in zip(*(t.tensor_split(chunks) for t in (x, gate2, h, out))):
+            x_part, gate_part, h_part, out_part = parts
+            gated_residual(x_part, gate_part, self.ffn(h_part), out=out_part)
         return out
 
     def ffn(self, h: torch.Tensor) -> torch.Tensor:
