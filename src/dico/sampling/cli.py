@@ -5,43 +5,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError, load_weights, read_checkpoint, select_weights, stored_spec
-from ..data import resolve_vae
+from ..checkpoints import load_pretrained
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
-from ..models import MODELS, build_model, model_spec
-from .generate import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
-
-def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None, num_classes=None):
-    """(model, output space) from any checkpoint. Ours carry both; official ones need the model name and are
-    ImageNet latent models (image_size / 8, Stable Diffusion VAE)."""
-    ckpt = read_checkpoint(source)
-    state = select_weights(ckpt, weights, source)
-    spec = stored_spec(ckpt)
-    if spec is None:
-        if name is None:
-            raise CheckpointError(f"{source} does not say which model it holds (an official checkpoint?): "
-                                  "pass --model, e.g. --model DiCo-XL")
-        overrides = {} if num_classes is None else {"num_classes": num_classes}
-        if MODELS.get(name, ("",))[0] == "dit":
-            overrides["input_size"] = image_size // 8
-        spec = model_spec(name, **overrides)
-    elif name is not None and name != spec["name"]:
-        raise CheckpointError(f"{source} holds {spec['name']}, not {name}; leave --model out for our checkpoints")
-    model = load_weights(build_model(spec), state, str(source)).eval()
-    saved_space = ckpt.get("space")
-    if isinstance(saved_space, dict):
-        space = OutputSpace(**saved_space)
-        if vae is not None and space.vae is not None:
-            space.vae = resolve_vae(vae)
-    else:
-        space = OutputSpace.latent(image_size, resolve_vae(vae or "ema"))
-    return model, space
+from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
 def run(args) -> int:
     env = setup(args.device)
-    model, space = load_for_sampling(args.ckpt, args.model, args.weights, args.image_size, args.vae, args.num_classes)
+    loaded = load_pretrained(args.ckpt, args.model, args.weights, args.image_size, args.vae, args.num_classes)
+    model, space = loaded.model, loaded.output_space()
     model.to(env.device)
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     if classes and any(not 0 <= c < model.num_classes for c in classes):
@@ -57,8 +30,6 @@ def run(args) -> int:
     elif out.suffix == ".png":
         path = None
         if env.main:
-            from .generate import load_vae_for
-
             indices = list(range(args.num_samples))
             labels = image_labels(indices, model.num_classes, args.seed, classes)
             images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),

@@ -1,6 +1,7 @@
 """Training: the official recipe by default, multi-process with torchrun, exact resume."""
 
 from .config import PRESETS, TrainConfig, preset
-from .loop import config_from_checkpoint, newest_checkpoint, train
+from .loop import ResumePoint, config_from_checkpoint, newest_checkpoint, resume_point, train
 
-__all__ = ["PRESETS", "TrainConfig", "config_from_checkpoint", "newest_checkpoint", "preset", "train"]
+__all__ = ["PRESETS", "ResumePoint", "TrainConfig", "config_from_checkpoint", "newest_checkpoint", "preset",
+           "resume_point", "train"]

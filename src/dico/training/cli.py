@@ -3,7 +3,7 @@
 import json
 
 from .config import preset
-from .loop import config_from_checkpoint, resolve_resume, train
+from .loop import config_from_checkpoint, resume_point, train
 
 # CLI flag -> TrainConfig field. Flags default to None so that only what the user typed overrides the preset
 # (or, on --resume, the configuration saved in the checkpoint).
@@ -25,9 +25,9 @@ def run(args) -> int:
         overrides["model_overrides"] = json.loads(args.model_options)
     name = args.preset or ("demo" if args.data is None else "official")
     results_dir = overrides.get("results_dir", preset(name).results_dir)
-    resume = resolve_resume(args.resume, results_dir)
-    config = config_from_checkpoint(resume, **overrides) if resume else preset(name, **overrides)
-    train(config, resume=resume, device=args.device, progress=not args.no_progress)
+    point = resume_point(args.resume, results_dir)
+    config = config_from_checkpoint(point, **overrides) if point else preset(name, **overrides)
+    train(config, resume=point, device=args.device, progress=not args.no_progress)
     return 0
 
 
