@@ -1,7 +1,8 @@
 """Training: the official recipe by default, multi-process with torchrun, exact resume."""
 
 from .config import PRESETS, TrainConfig, preset
-from .loop import ResumePoint, config_from_checkpoint, newest_checkpoint, resume_point, train
+from .loop import (NonFiniteError, ResumePoint, TrainingInterrupted, config_from_checkpoint, newest_checkpoint,
+                   resume_point, train)
 
-__all__ = ["PRESETS", "ResumePoint", "TrainConfig", "config_from_checkpoint", "newest_checkpoint", "preset",
+__all__ = ["PRESETS", "NonFiniteError", "ResumePoint", "TrainingInterrupted", "TrainConfig", "config_from_checkpoint", "newest_checkpoint", "preset",
            "resume_point", "train"]
