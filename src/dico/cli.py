@@ -31,9 +31,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
         tune_glibc_malloc()
+    from .training import TrainingInterrupted
+
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except TrainingInterrupted as stop:  # a consistent checkpoint is saved: a message, not a traceback
+        print(f"dico {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print(f"dico {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, OSError, ArithmeticError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"dico {args.command}: error: {err}", file=sys.stderr)

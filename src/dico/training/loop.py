@@ -415,7 +415,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
                 if step % config.ckpt_every == 0 or step == config.max_steps:
                     last_path, saved_step = save(step), step
-                if stop_asked > 0:
+                # Alone, a signal that came during this step's update stops here; several processes stop together
+                # at the step after one of them was signalled (agreed through the collective above).
+                if stop_asked > 0 or (env.world == 1 and stop.received is not None):
                     signum = stop.received or signal.SIGTERM  # another process received it
                     path = save(step) if step > saved_step else last_path
                     raise TrainingInterrupted(signum, step, path)
