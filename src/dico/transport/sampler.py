@@ -16,6 +16,7 @@ from .transport import TRANSPORT_PURPOSES, Transport
 
 StepNoise = Callable[[int, tuple], torch.Tensor]  # the same hook as dico.diffusion's: fresh N(0, I) noise of step i
 LAST_STEPS = (None, "Mean", "Tweedie", "Euler")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 SDE_METHODS = ("Euler", "Heun")
 
 
@@ -104,7 +105,14 @@ class Sampler:
                 return transport.velocity(x, torch.ones(x.shape[0], device=x.device, dtype=t.dtype) * time, model,
                                           **model_kwargs)
 
-            return odeint(velocity, z, t, method=sampling_method, atol=atol, rtol=rtol)
+            # Tolerances as one-element lists, as SiT passes them: torchdiffeq then holds them as float32 tensors,
+            # which moves adaptive steps in the last bits (and SiT's samples with them).
+            options = None
+            if transport.singular_at_data_end and sampling_method in ADAPTIVE_METHODS and not reverse:
+                # Adaptive steps may overshoot the last time and interpolate back; past t = 1 a VP noise model
+                # is undefined (SiT's samples turn NaN), so make the solver step onto t1 instead.
+                options = {"step_t": t[-1:]}
+            return odeint(velocity, z, t, method=sampling_method, atol=[atol], rtol=[rtol], options=options)
 
         return sample
 
@@ -122,7 +130,9 @@ class Sampler:
         if divergence not in ("hutchinson", "exact"):
             raise ValueError(f"divergence must be 'hutchinson' or 'exact', got {divergence!r}")
         transport = self.transport
-        t0, t1 = transport.interval(sampling=True)
+        t0, t1 = transport.interval(sampling=True)  # of s = 1 - t, SiT's variable (the model sees t = 1 - s)
+        if transport.singular_at_data_end:
+            t0, t1 = 1 - t1, 1 - t0
 
         def sample(x, model, *, probe=None, **model_kwargs):
             if divergence == "hutchinson" and probe is None:
@@ -137,7 +147,7 @@ class Sampler:
                     v = transport.velocity(x_s, t, model, **model_kwargs)
                     if divergence == "hutchinson":
                         grad = torch.autograd.grad((v * probe).sum(), x_s)[0]
-                        div = (grad * probe).flatten(1).sum(1)
+                        div = (grad * probe).sum(dim=tuple(range(1, x_s.dim())))
                     else:
                         flat_v, div = v.flatten(1), torch.zeros(x_s.shape[0], device=x_s.device, dtype=v.dtype)
                         for i in range(flat_v.shape[1]):
@@ -146,7 +156,7 @@ class Sampler:
                 return -v.detach(), div.detach()
 
             start = (x, torch.zeros(x.shape[0], device=x.device, dtype=x.dtype))
-            z, delta_logp = odeint(backward_flow, start, s, method=sampling_method, atol=atol, rtol=rtol)
+            z, delta_logp = odeint(backward_flow, start, s, method=sampling_method, atol=[atol] * 2, rtol=[rtol] * 2)
             z, delta_logp = z[-1], delta_logp[-1]
             return transport.prior_logp(z) - delta_logp, z
 

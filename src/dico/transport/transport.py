@@ -92,8 +92,15 @@ class Transport:
             t0 = eps if (diffusion_form == "SBDM" and sde) or self.prediction != "velocity" else 0.0
             t1 = 1 - eps if (not sde or last_step_size == 0) else 1 - last_step_size
         if reverse:
-            t0, t1 = 1 - t0, 1 - t1
+            t0, t1 = (t1, t0) if self.singular_at_data_end else (1 - t0, 1 - t1)
         return t0, t1
+
+    @property
+    def singular_at_data_end(self) -> bool:
+        """Whether the model's prediction cannot be read at t = 1: the VP path's sigma is 0 there and a noise
+        prediction is divided by it. SiT mirrors the interval for data -> noise integration, which starts the VP
+        path exactly at t = 1 (NaN for noise prediction); such a transport runs its forward interval backwards."""
+        return isinstance(self.path, VPPath) and self.prediction == "noise"
 
     def draw(self, x1: torch.Tensor, keys=None, generator: torch.Generator | None = None):
         """Training times t (B,) and noise x0 (like x1) for a batch of data x1.
@@ -152,10 +159,7 @@ class Transport:
     # ---------------------------------------------------------------------------------------------- sampling
     def velocity(self, x, t, model, **model_kwargs) -> torch.Tensor:
         """The probability-flow velocity dx/dt at (x, t) from the model, whatever it predicts."""
-        pred = model_prediction(model, x, t, **model_kwargs)
-        if self.prediction == "velocity":
-            return pred
-        return self.path.velocity_from_score(self.score_from_prediction(pred, x, t), x, t)
+        return self.velocity_and_score(x, t, model, **model_kwargs)[0]
 
     def score_from_prediction(self, pred, x, t) -> torch.Tensor:
         if self.prediction == "score":
@@ -166,10 +170,14 @@ class Transport:
 
     def velocity_and_score(self, x, t, model, **model_kwargs):
         """Both fields from ONE model call (an SDE step needs both; SiT calls the model twice)."""
-        pred = model_prediction(model, x, t, **model_kwargs)
-        score = self.score_from_prediction(pred, x, t)
-        velocity = pred if self.prediction == "velocity" else self.path.velocity_from_score(score, x, t)
-        return velocity, score
+        if self.prediction == "velocity":
+            velocity = model_prediction(model, x, t, **model_kwargs)
+            return velocity, self.path.score_from_velocity(velocity, x, t)
+        # The drift terms before the model call, as SiT: autograd then sums the divergence's terms in SiT's order,
+        # and likelihoods from adaptive solvers agree to the last bits.
+        f, g = self.path.drift_terms(x, t)
+        score = self.score_from_prediction(model_prediction(model, x, t, **model_kwargs), x, t)
+        return f + g * score, score
 
     @staticmethod
     def prior_logp(z: torch.Tensor) -> torch.Tensor:
