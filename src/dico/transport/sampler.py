@@ -105,13 +105,13 @@ class Sampler:
                 return transport.velocity(x, torch.ones(x.shape[0], device=x.device, dtype=t.dtype) * time, model,
                                           **model_kwargs)
 
-            # Tolerances as one-element lists, as SiT passes them: torchdiffeq then holds them as float32 tensors,
-            # which moves adaptive steps in the last bits (and SiT's samples with them).
             options = None
             if transport.singular_at_data_end and sampling_method in ADAPTIVE_METHODS and not reverse:
                 # Adaptive steps may overshoot the last time and interpolate back; past t = 1 a VP noise model
                 # is undefined (SiT's samples turn NaN), so make the solver step onto t1 instead.
                 options = {"step_t": t[-1:]}
+            # Tolerances as one-element lists, as SiT passes them: torchdiffeq then holds them as float32 tensors,
+            # which moves adaptive steps in the last bits (and would move our samples off SiT's).
             return odeint(velocity, z, t, method=sampling_method, atol=[atol], rtol=[rtol], options=options)
 
         return sample

@@ -3,12 +3,15 @@ how the loss is weighted, and the time interval trained and sampled.
 
 Time runs from t = 0 (noise x0) to t = 1 (data x1); the model is called with continuous t in [0, 1].
 Numbers match SiT's `transport/` package (see tests/test_transport.py); the differences are in what SiT leaves to
-global state or does not check:
+global state, does not check, or gets wrong at the edges:
 - t and x0 are drawn from generators keyed by (seed, purpose, step, position) when `keys` are given;
 - t can also be drawn logit-normal (SD3, LightningDiT) besides SiT's uniform;
 - a model with learned sigma (2C output channels) is read through its first C channels, here rather than in the model;
 - each eps defaults on its own (SiT ties sample_eps's default to whether train_eps was given, see create_transport);
-- a loss weight with velocity prediction is refused rather than ignored.
+- a loss weight with velocity prediction is refused rather than ignored;
+- a VP noise model is never evaluated at t >= 1, where sigma = 0 (SiT's reverse ODE, likelihood and overshooting
+  adaptive steps do, and return NaN); an SDE with SBDM diffusion from t = 0 (infinite there) is refused;
+- an SDE step calls the model once, not twice; the likelihood's Hutchinson probe is fixed for the whole solve.
 """
 
 import math
