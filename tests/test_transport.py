@@ -16,7 +16,7 @@ import torch
 
 from dico.randomness import PURPOSES, keyed_randn
 from dico.transport import (FlowObjective, Sampler, create_transport, guidance_interval, keyed_rademacher,
-                            shift_time, time_grid)
+                            sample_loop, shift_time, time_grid)
 
 PATH_TYPES = ("Linear", "GVP", "VP")
 PREDICTIONS = ("velocity", "noise", "score")
@@ -355,6 +355,24 @@ def test_sde_noise_keyed_per_image_does_not_depend_on_the_batch():
     full, part = run(range(5)), run([1, 3])
     assert len(full) == 20
     assert torch.allclose(full[-1][[1, 3]], part[-1], rtol=0, atol=1e-12)
+
+
+def test_sample_loop_is_the_samplers_last_state():
+    fields = GaussianFields("Linear", 0.5, 0.7)
+    transport = create_transport()
+    z = torch.randn(3, 2, dtype=torch.float64)
+    ode = Sampler(transport).sample_ode(sampling_method="rk4", num_steps=9, shift=0.7)(z, fields.velocity)[-1]
+    assert torch.equal(sample_loop(transport, fields.velocity, z, method="rk4", num_steps=9, shift=0.7), ode)
+
+    def step_noise(i, shape):
+        return keyed_randn([(0, PURPOSES["sample_step"], k, i) for k in range(shape[0])], shape[1:],
+                           dtype=torch.float64)
+
+    sde = Sampler(transport).sample_sde(diffusion_form="sigma", num_steps=12)(z, fields.velocity, step_noise=step_noise)
+    assert torch.equal(sample_loop(transport, fields.velocity, z, sampler="sde", num_steps=12, step_noise=step_noise),
+                       sde[-1])
+    with pytest.raises(ValueError, match="sampler"):
+        sample_loop(transport, fields.velocity, z, sampler="ddim")
 
 
 # ------------------------------------------------------------------------------------------------ likelihood

@@ -234,3 +234,26 @@ class Sampler:
 
         return sample
 
+
+
+def sample_loop(transport: Transport, model, z: torch.Tensor, *, sampler: str = "ode", method: str | None = None,
+                num_steps: int | None = None, atol: float = 1e-6, rtol: float = 1e-3, shift: float = 1.0,
+                diffusion_form: str = "sigma", diffusion_norm: float = 1.0, last_step: str | None = "Mean",
+                last_step_size: float = 0.04, step_noise: StepNoise | None = None,
+                model_kwargs: dict | None = None) -> torch.Tensor:
+    """The final sample from noise z: one entry point for both samplers, with the defaults of SiT's sample.py
+    (ODE: dopri5, 50 points; SDE: Euler, 250 steps, diffusion form "sigma", mean last step of 0.04).
+
+    step_noise feeds the SDE's per-step noise (see Sampler.sample_sde) and is ignored by the ODE, which has none.
+    """
+    model_kwargs = model_kwargs or {}
+    if sampler == "ode":
+        fn = Sampler(transport).sample_ode(sampling_method=method or "dopri5", num_steps=num_steps or 50, atol=atol,
+                                           rtol=rtol, shift=shift)
+        return fn(z, model, **model_kwargs)[-1]
+    if sampler == "sde":
+        fn = Sampler(transport).sample_sde(sampling_method=method or "Euler", diffusion_form=diffusion_form,
+                                           diffusion_norm=diffusion_norm, last_step=last_step,
+                                           last_step_size=last_step_size, num_steps=num_steps or 250, shift=shift)
+        return fn(z, model, step_noise=step_noise, **model_kwargs)[-1]
+    raise ValueError(f"unknown sampler {sampler!r}; valid: 'ode', 'sde'")
