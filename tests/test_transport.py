@@ -203,6 +203,7 @@ def test_loss_of_a_known_model_in_closed_form():
     assert torch.allclose(zero["loss"], ((x1 - x0) ** 2).mean(dim=(1, 2, 3)))
     def half(x, t):
         return 0.5 * x + t.view(-1, 1, 1, 1)
+
     def learned_sigma(x, t):
         return torch.cat([half(x, t), torch.full_like(x, 7.0)], dim=1)
     plain = transport.training_losses(half, x1, t=t, x0=x0)
@@ -223,7 +224,10 @@ def test_keyed_draws_do_not_depend_on_the_batch():
     assert not torch.equal(transport.draw(x1, keys_for(6, step=4))[0], t)
     # given t or x0 are used as given; the other is drawn from the keys
     fixed_t = torch.full((6,), 0.5)
-    model = lambda x, t: x  # noqa: E731
+
+    def model(x, t):
+        return 0.5 * x
+
     losses = transport.training_losses(model, x1, t=fixed_t, keys=keys)
     expected = transport.training_losses(model, x1, t=fixed_t, x0=x0)
     assert torch.equal(losses["loss"], expected["loss"])
