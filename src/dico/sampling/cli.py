@@ -26,14 +26,15 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, args.num_samples, options, classes, env.rank, env.world, env.device,
-                             progress=env.main, barrier=barrier, run_info={"ckpt": str(args.ckpt)})
+                             progress=env.main, barrier=barrier, run_info={"ckpt": str(args.ckpt)},
+                             objective=loaded.objective)
     elif out.suffix == ".png":
         path = None
         if env.main:
             indices = list(range(args.num_samples))
             labels = image_labels(indices, model.num_classes, args.seed, classes)
             images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
-                              progress=True)
+                              progress=True, objective=loaded.objective)
             path = save_grid(images, out, nrow=args.nrow or math.ceil(math.sqrt(len(images))))
     else:
         raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {out}")
@@ -51,8 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=256, help="official latent models: 256 or 512 px")
     p.add_argument("--num-classes", type=int, default=None, help="official models: number of classes (1000)")
     p.add_argument("--vae", default=None, help="ema | mse | a local VAE directory (latent models)")
-    p.add_argument("--method", default="ddpm", choices=["ddpm", "ddim", "dpm++2m", "dpm++3m"])
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--method", default=None)
+    p.add_argument("--steps", type=int, default=None)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--guidance-channels", default=3, type=lambda v: v if v == "all" else int(v),

@@ -25,6 +25,16 @@ class TrainConfig:
     skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
+    # The objective: the official iDDPM ("ddpm") or flow matching as SiT ("flow", with the options below).
+    objective: str = "ddpm"
+    path: str = "Linear"  # flow: Linear | GVP | VP
+    prediction: str = "velocity"  # flow: velocity | noise | score
+    loss_weight: str | None = None  # flow, noise/score prediction: None | velocity | likelihood
+    train_eps: float | None = None  # flow: None = SiT's default for the path and prediction
+    sample_eps: float | None = None
+    time_sampling: str = "uniform"  # flow: uniform | logit-normal (SD3 / LightningDiT)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     log_every: int = 100
     ckpt_every: int = 50_000
     num_workers: int = 4
