@@ -37,7 +37,9 @@ class PatchEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, name: str, input_size: int | None = None, channels: int = 3,
                  mean=PREPROCESSING["mean"], std=PREPROCESSING["std"], prefix_tokens: int = 0):
         super().__init__()
-        self.backbone = backbone.eval().requires_grad_(False)
+        self.backbone = backbone.eval()
+        for param in backbone.parameters():  # (ScriptModules have no requires_grad_)
+            param.requires_grad_(False)
         self.name, self.input_size, self.channels, self.prefix_tokens = name, input_size, int(channels), prefix_tokens
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -120,7 +122,10 @@ def read_encoder_file(path, name: str | None = None) -> PatchEncoder:
         backbone = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         prep = {**PREPROCESSING, **(json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {})}
     except RuntimeError:  # not a TorchScript archive: a state dict + config
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unpickling errors of every kind: not our format either
+            saved = None
         if not isinstance(saved, dict) or saved.get("format") != ENCODER_FORMAT:
             raise ValueError(f"{path} is neither TorchScript nor a {ENCODER_FORMAT} file (save_encoder_file writes "
                              "both)") from None
