@@ -185,6 +185,10 @@ class RepaLoss(nn.Module):
         self._handle = module.register_forward_hook(self._capture)
         return self
 
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
     def detach(self) -> None:
         if self._handle is not None:
             self._handle.remove()
