@@ -431,10 +431,15 @@ def test_an_autoencoder_dc_extracts_deterministic_latents(folder, dc_dir, tmp_pa
         np.testing.assert_allclose(moments[4, 1, 0], reference.encode(x.flip(-1)).latent[0].numpy(), atol=1e-5)
 
 
-def test_sampling_refuses_a_vae_other_than_the_trained_one():
+def test_sampling_refuses_a_vae_other_than_the_trained_one(kl8_dir):
     ema, mse = "stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse"
     assert check_vae_matches(ema, None) == ema
     assert check_vae_matches(ema, "mse") == mse  # one encoder, one latent space
+    assert check_vae_matches(ema, kl8_dir) == str(kl8_dir.resolve())  # a local copy (not verifiable offline)
+    with pytest.raises(ValueError, match="trained on the latents of stabilityai/sd-vae-ft-ema"):
+        check_vae_matches(ema, "someone/other-vae")
+    with pytest.raises(ValueError, match="per-channel"):
+        check_vae_matches(str(kl8_dir.resolve()), ema, latent_mean=[0.0] * 8)
     with pytest.raises(ValueError, match="per-channel statistics"):
         check_vae_matches(ema, "mse", latent_mean=[0.0] * 4)
     with pytest.raises(ValueError, match="trained on the latents of /data/kl8"):

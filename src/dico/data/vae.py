@@ -140,8 +140,10 @@ def decode_latents(vae, z: torch.Tensor, scale: float = LATENT_SCALE, mean=None,
 
 
 def check_vae_matches(trained_with: str | None, requested, latent_mean=None) -> str:
-    """The VAE to decode a model's samples with: `requested` (if given) must be the one it was trained with, except
-    that the SD-VAE's decoders (ema, mse) share one encoder and so one latent space when the fixed scale was used."""
+    """The VAE to decode a model's samples with: `requested` (if given) must be the one it was trained with. For the
+    official recipe (SD-VAE latents at the fixed scale) the SD-VAE decoders (ema, mse: one encoder, one latent
+    space) and local directories (a copy of either) are accepted; a model trained with per-channel statistics or
+    on another autoencoder decodes only with that autoencoder (the same Hub id or directory)."""
     if requested is None:
         return trained_with
     requested = resolve_vae(requested)
@@ -150,9 +152,9 @@ def check_vae_matches(trained_with: str | None, requested, latent_mean=None) -> 
     if requested == trained_with:
         return requested
     sd_family = set(VAE_ALIASES.values())
-    if trained_with in sd_family and requested in sd_family and latent_mean is None:
+    if trained_with in sd_family and latent_mean is None and (requested in sd_family or Path(requested).is_dir()):
         return requested
     raise ValueError(f"--vae {requested}: this model was trained on the latents of {trained_with}"
                      f"{' with per-channel statistics' if latent_mean is not None else ''}; another autoencoder's "
                      f"decoder would turn them into wrong images. Drop --vae (the checkpoint names its VAE) or pass "
-                     f"--vae {trained_with} (a local copy of it: the same directory path)")
+                     f"--vae {trained_with}")
