@@ -442,7 +442,26 @@ def test_sampling_refuses_a_vae_other_than_the_trained_one(kl8_dir):
         check_vae_matches(str(kl8_dir.resolve()), ema, latent_mean=[0.0] * 8)
     with pytest.raises(ValueError, match="per-channel statistics"):
         check_vae_matches(ema, "mse", latent_mean=[0.0] * 4)
+    with pytest.raises(ValueError, match="trained on the latents of someone/dc-ae"):
+        check_vae_matches("someone/dc-ae", "ema", latent_scale=0.41)
     with pytest.raises(ValueError, match="trained on the latents of /data/kl8"):
-        check_vae_matches("/data/kl8", "ema")
+        check_vae_matches("/data/kl8", "ema", latent_scale=0.5)
     with pytest.raises(ValueError, match="generates pixels"):
         check_vae_matches(None, "ema")
+
+
+def test_tokens_are_added_to_a_finished_extraction_without_running_the_vae_again(extracted, folder, kl8_dir,
+                                                                                   vit_file, tmp_path):
+    out = tmp_path / "later"
+    extract_latents(folder, out, vae=str(kl8_dir), **SETTINGS)
+    assert json.loads((out / META).read_text())["repa_encoder"] is None
+    moments_before = (out / "moments.npy").stat().st_mtime_ns
+    encoder = load_encoder(str(vit_file), SIZE)
+    extract_latents(folder, out, vae=str(kl8_dir), repa_encoder=encoder, max_batches=1, **SETTINGS)  # interrupted
+    assert np.load(out / "repa_done.npy").tolist() == [True, True, False, False, False]
+    assert json.loads((out / META).read_text())["repa_encoder"] is None  # not usable for REPA yet
+    extract_latents(folder, out, vae=str(kl8_dir), repa_encoder=encoder, **SETTINGS)
+    assert (out / "moments.npy").stat().st_mtime_ns == moments_before
+    assert not (out / "repa_done.npy").exists() and not (out / "repa_extract.json").exists()
+    np.testing.assert_array_equal(open_repa_features(out), open_repa_features(extracted))
+    assert json.loads((out / META).read_text()) == json.loads((extracted / META).read_text())

@@ -25,13 +25,15 @@ from tqdm import tqdm
 
 from ..distributed import barrier, setup
 from .folders import ImageFolderDataset, folder_fingerprint
-from .latents import (DONE, LATENT_FORMAT, META, PLAN, STORAGE_DTYPES, channel_statistics,
-                      create_latent_files, open_done, open_moments, open_repa_features, read_meta, write_json_atomic)
+from .latents import (DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES, channel_statistics,
+                      create_latent_files, create_repa_files, open_done, open_moments, open_repa_features, read_meta,
+                      write_json_atomic)
 from .vae import LATENT_SCALE, encode_moments, is_sd_vae, load_vae, resolve_vae
 
 # Settings an interrupted extraction must share with the run that resumes it.
-PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", "repa_encoder",
-             "repa_shape")
+REPA_KEYS = ("repa_encoder", "repa_shape")
+PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", *REPA_KEYS)
+REPA_LAYOUT = "repa_features[image, flip (0 as is, 1 mirrored), token (row-major grid), feature]"
 
 
 def latent_shape_of(vae, image_size: int) -> list:
@@ -42,13 +44,17 @@ def latent_shape_of(vae, image_size: int) -> list:
 
 
 def _check_plan(out: Path, plan: dict) -> str:
-    """'done' if `out` holds this finished extraction, 'resume' if an unfinished one, 'new' if nothing; an error
-    if it holds a different one. Every process runs this check, so all of them fail alike."""
+    """'done' if `out` holds this finished extraction, 'resume' if an unfinished one, 'new' if nothing, 'tokens' if
+    a finished one without encoder tokens that this run adds; an error if it holds a different one. Every process
+    runs this check, so all of them fail alike."""
     wanted = {k: plan[k] for k in PLAN_KEYS}
     for name, state in ((META, "done"), (PLAN, "resume")):
         if (out / name).is_file():
             saved = read_meta(out) if name == META else json.loads((out / PLAN).read_text())
             saved = {k: saved.get(k) for k in PLAN_KEYS}
+            if state == "done" and saved["repa_encoder"] is None and wanted["repa_encoder"] is not None and all(
+                    saved[k] == wanted[k] for k in PLAN_KEYS if k not in REPA_KEYS):
+                return "tokens"
             if saved != wanted:
                 changed = {k: (saved[k], wanted[k]) for k in PLAN_KEYS if saved[k] != wanted[k]}
                 raise ValueError(f"{out} holds {'an' if state == 'done' else 'an unfinished'} extraction with other "
@@ -124,11 +130,14 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
         "repa_shape": None if repa_encoder is None else list(repa_encoder.token_shape(dataset.image_size)),
     }
     if repa_encoder is not None:
-        plan["repa_layout"] = "repa_features[image, flip (0 as is, 1 mirrored), token (row-major grid), feature]"
+        plan["repa_layout"] = REPA_LAYOUT
     state = _check_plan(out, plan)
     if state == "done":
         if env.main:
             print(f"{out} already holds these latents ({plan['count']} images); nothing to do")
+        return _finish(out, owns_group)
+    if state == "tokens":
+        _add_tokens(dataset, out, plan, repa_encoder, env, batch_size, num_workers, max_batches, progress)
         return _finish(out, owns_group)
     if state == "new" and env.main:
         files = [os.path.relpath(p, dataset.root) for p in dataset.paths]
@@ -140,20 +149,10 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     barrier()  # everyone has read the same to-do list before anyone marks rows done
     moments = open_moments(out, "r+")
     features = open_repa_features(out, "r+") if repa_encoder is not None else None
-    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
-    mine = batches[env.rank::env.world][:max_batches]
-    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
-                        pin_memory=env.device.type == "cuda")
-    bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
-               desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
-    for rows, (x, _) in zip(mine, loader):
-        x = x.to(env.device, non_blocking=True)
-        both = torch.cat([x, torch.flip(x, dims=[-1])])
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
         mean, std = encode_moments(model, both)
         tokens = repa_encoder(both) if repa_encoder is not None else None
         _write_batch(moments, done, rows, mean, std, features, tokens)
-        bar.update(len(rows))
-    bar.close()
     del moments, features
     barrier()
     if env.main:
@@ -167,6 +166,54 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
             left = int((~open_done(out, "r")).sum())
             print(f"stopped with {left} of {plan['count']} images left; run the same command again to resume")
     return _finish(out, owns_group)
+
+
+def _my_batches(dataset, todo: np.ndarray, env, batch_size: int, num_workers: int, max_batches, progress: bool):
+    """This process's (rows, images and their mirror images on the device) of the rows `todo`, in batches."""
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    mine = batches[env.rank::env.world][:max_batches]
+    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
+                        pin_memory=env.device.type == "cuda")
+    bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
+               desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
+    for rows, (x, _) in zip(mine, loader):
+        x = x.to(env.device, non_blocking=True)
+        yield rows, torch.cat([x, torch.flip(x, dims=[-1])])
+        bar.update(len(rows))
+    bar.close()
+
+
+def _add_tokens(dataset, out: Path, plan: dict, encoder, env, batch_size, num_workers, max_batches, progress):
+    """Encoder tokens for a finished extraction that has none (the VAE does not run again); resumable alike."""
+    repa_plan = {k: plan[k] for k in REPA_KEYS}
+    if (out / REPA_PLAN).is_file():
+        saved = json.loads((out / REPA_PLAN).read_text())
+        if saved != repa_plan:
+            raise ValueError(f"{out} holds unfinished tokens of {saved['repa_encoder']}, not of "
+                             f"{repa_plan['repa_encoder']}; finish that run or remove {REPA_PLAN} and {REPA_DONE}")
+    elif env.main:
+        create_repa_files(out, plan["count"], plan["repa_shape"])
+        write_json_atomic(out / REPA_PLAN, repa_plan)
+    barrier()
+    done = open_done(out, name=REPA_DONE)
+    todo = np.flatnonzero(~done)
+    barrier()
+    features = open_repa_features(out, "r+")
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
+        _write_rows(features, rows, encoder(both).unflatten(0, (2, len(rows))).transpose(0, 1))
+        done[rows] = True
+        done.flush()
+    del features
+    barrier()
+    if env.main:
+        if open_done(out, "r", REPA_DONE).all():
+            write_json_atomic(out / META, {**read_meta(out), **repa_plan, "repa_layout": REPA_LAYOUT})
+            for name in (REPA_DONE, REPA_PLAN):
+                (out / name).unlink(missing_ok=True)
+            print(f"added the tokens of {repa_plan['repa_encoder']} for {plan['count']} images to {out}")
+        else:
+            left = int((~open_done(out, "r", REPA_DONE)).sum())
+            print(f"stopped with the tokens of {left} of {plan['count']} images left; run the same command again")
 
 
 def _finish(out: Path, owns_group: bool) -> Path:

@@ -9,7 +9,8 @@ A latents directory holds
                ("latent_mean", "latent_std": see `dico.data.vae.latent_statistics`)
   repa_features.npy (N, 2, T, D) float16, only with a REPA encoder: [image, flip, token, feature], the patch tokens
                of the encoder named by meta["repa_encoder"] for the image and its mirror image
-and, while extraction runs, done.npy (N,) bool and extract.json (the settings a resumed run must share).
+and, while extraction runs, done.npy (N,) bool and extract.json (the settings a resumed run must share); while
+tokens are added to a finished extraction, repa_done.npy and repa_extract.json likewise.
 
 One preallocated memory-mapped array instead of the official two files per image: 1.28M images open as one file,
 items are slices of the page cache, and no directory listing of millions of names is needed at start-up.
@@ -28,6 +29,7 @@ from .vae import latent_normalization, latent_statistics
 LATENT_FORMAT = "dico-latents/1"
 MOMENTS, LABELS, FILES, META = "moments.npy", "labels.npy", "files.txt", "meta.json"
 REPA_FEATURES = "repa_features.npy"
+REPA_DONE, REPA_PLAN = "repa_done.npy", "repa_extract.json"  # while tokens are added to a finished extraction
 REPA_DTYPE = "float16"
 STATISTICS_CHUNK = 4096  # images per read when measuring channel statistics (bounded memory on any data set)
 DONE, PLAN = "done.npy", "extract.json"
@@ -65,14 +67,26 @@ def create_latent_files(out, labels: np.ndarray, latent_shape, dtype: str, files
     moments = np.lib.format.open_memmap(out / MOMENTS, mode="w+", dtype=dtype, shape=(count, 2, 2, *latent_shape))
     del moments
     if repa_shape is not None:
-        features = np.lib.format.open_memmap(out / REPA_FEATURES, mode="w+", dtype=REPA_DTYPE,
-                                             shape=(count, 2, *repa_shape))
-        del features
-    done = np.lib.format.open_memmap(out / DONE, mode="w+", dtype=np.bool_, shape=(count,))
-    done.flush()
-    del done
+        create_repa_files(out, count, repa_shape, done_name=None)
+    create_done(out / DONE, count)
     np.save(out / LABELS, np.asarray(labels, dtype=np.int64))
     (out / FILES).write_text("".join(f"{f}\n" for f in files))
+
+
+def create_done(path, count: int) -> None:
+    done = np.lib.format.open_memmap(path, mode="w+", dtype=np.bool_, shape=(count,))
+    done.flush()
+    del done
+
+
+def create_repa_files(out, count: int, repa_shape, done_name: str | None = REPA_DONE) -> None:
+    """Preallocate the encoder tokens of `count` images (and, to add them to a finished extraction, their own
+    done mask)."""
+    features = np.lib.format.open_memmap(Path(out) / REPA_FEATURES, mode="w+", dtype=REPA_DTYPE,
+                                         shape=(count, 2, *repa_shape))
+    del features
+    if done_name is not None:
+        create_done(Path(out) / done_name, count)
 
 
 def open_moments(directory, mode: str = "r") -> np.memmap:
@@ -98,8 +112,8 @@ def channel_statistics(directory) -> tuple:
     return latent_statistics(sum_z, sum_z2, count)
 
 
-def open_done(directory, mode: str = "r+") -> np.memmap:
-    return np.load(Path(directory) / DONE, mmap_mode=mode)
+def open_done(directory, mode: str = "r+", name: str = DONE) -> np.memmap:
+    return np.load(Path(directory) / name, mmap_mode=mode)
 
 
 def write_json_atomic(path, payload: dict) -> None:

@@ -139,11 +139,11 @@ def decode_latents(vae, z: torch.Tensor, scale: float = LATENT_SCALE, mean=None,
     return vae.decode(z.to(vae.dtype)).sample
 
 
-def check_vae_matches(trained_with: str | None, requested, latent_mean=None) -> str:
-    """The VAE to decode a model's samples with: `requested` (if given) must be the one it was trained with. For the
-    official recipe (SD-VAE latents at the fixed scale) the SD-VAE decoders (ema, mse: one encoder, one latent
-    space) and local directories (a copy of either) are accepted; a model trained with per-channel statistics or
-    on another autoencoder decodes only with that autoencoder (the same Hub id or directory)."""
+def check_vae_matches(trained_with: str | None, requested, latent_mean=None, latent_scale: float = LATENT_SCALE) -> str:
+    """The VAE to decode a model's samples with: `requested` (if given) must be the one it was trained with. Models
+    of the official recipe (SD-VAE latents at the fixed 0.18215) also take the other SD-VAE decoder (ema and mse share
+    one encoder, so one latent space) or a local directory (a copy of either, which cannot be verified offline); a
+    model trained with per-channel statistics or another autoencoder's scale decodes only with its own autoencoder."""
     if requested is None:
         return trained_with
     requested = resolve_vae(requested)
@@ -151,8 +151,9 @@ def check_vae_matches(trained_with: str | None, requested, latent_mean=None) -> 
         raise ValueError(f"--vae {requested}: this model generates pixels, not latents; drop --vae")
     if requested == trained_with:
         return requested
-    sd_family = set(VAE_ALIASES.values())
-    if trained_with in sd_family and latent_mean is None and (requested in sd_family or Path(requested).is_dir()):
+    sd_like = set(VAE_ALIASES.values())
+    official = latent_mean is None and abs(latent_scale - LATENT_SCALE) < 1e-9
+    if official and all(name in sd_like or Path(name).is_dir() for name in (trained_with, requested)):
         return requested
     raise ValueError(f"--vae {requested}: this model was trained on the latents of {trained_with}"
                      f"{' with per-channel statistics' if latent_mean is not None else ''}; another autoencoder's "
