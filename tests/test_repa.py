@@ -235,7 +235,8 @@ def test_a_torchscript_encoder_gives_its_patch_tokens_after_its_own_preprocessin
     assert encoder.name.startswith(f"file:{vit_file.resolve()}#")
     images = torch.rand(2, 3, 24, 24) * 2 - 1
     x = F.interpolate((images + 1) / 2, size=(16, 16), mode="bicubic", align_corners=False)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     reference = torch.jit.load(str(vit_file))(x)[:, 2:]
     tokens = encoder(images)
     assert tokens.shape == (2, 16, 12) and encoder.token_shape(24) == (16, 12)

@@ -82,8 +82,9 @@ def is_sd_vae(vae) -> bool:
     """Whether `vae` has the SD-VAE's latent space (4-channel KL latents with the 0.18215 scale), in which the
     official recipe's fixed scale applies (sd-vae-ft-ema/-mse share that encoder)."""
     config = vae.config
+    scale = float(config.scaling_factor or 0)
     return (type(vae).__name__ == "AutoencoderKL" and config.latent_channels == 4
-            and abs(float(config.scaling_factor or 0) - LATENT_SCALE) < 1e-9 and not getattr(config, "shift_factor", None))
+            and abs(scale - LATENT_SCALE) < 1e-9 and not getattr(config, "shift_factor", None))
 
 
 @torch.no_grad()
