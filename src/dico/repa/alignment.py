@@ -229,7 +229,7 @@ class RepaLoss(nn.Module):
             projected, _ = self.project(feature, target_grid(target))
         else:
             projected, grid = self.project(feature)
-            target = resize_tokens(target.to(projected.dtype), target_grid(target), grid)
+            target = resize_tokens(target.float(), target_grid(target), grid)
         return alignment_loss(projected, target)
 
     def forward(self, target: torch.Tensor) -> torch.Tensor:
