@@ -243,6 +243,40 @@ def test_a_torchscript_encoder_gives_its_patch_tokens_after_its_own_preprocessin
     torch.testing.assert_close(tokens, reference)
 
 
+HUBCONF = """
+import torch
+import torch.nn as nn
+
+
+class TinyDino(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 6, 14, stride=14)
+
+    def forward_features(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return {"x_norm_clstoken": tokens.mean(1), "x_norm_patchtokens": tokens}
+
+
+def tiny_dinov2():
+    torch.manual_seed(0)
+    return TinyDino()
+"""
+
+
+def test_a_torch_hub_encoder_sees_224_px_imagenet_normalised_images_as_repa_feeds_dinov2(tmp_path):
+    (tmp_path / "hubconf.py").write_text(HUBCONF)  # a local hub repository: no network
+    encoder = load_encoder(f"hub:{tmp_path}:tiny_dinov2", image_size=256)
+    images = torch.rand(2, 3, 256, 256) * 2 - 1
+    x = F.interpolate((images + 1) / 2, size=(224, 224), mode="bicubic", align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    tokens = encoder(images)
+    assert tokens.shape == (2, 256, 6)  # DINOv2's 16x16 patch grid at 224 px, no class token
+    torch.testing.assert_close(tokens, encoder.backbone.forward_features(x)["x_norm_patchtokens"])
+    assert load_encoder(f"hub:{tmp_path}:tiny_dinov2", image_size=512).input_size == 448
+
+
 def test_a_state_dict_encoder_round_trips_and_bad_names_fail_clearly(tmp_path):
     torch.manual_seed(0)
     network = DigitsPatchEncoder(dim=8).eval()

@@ -2,7 +2,8 @@
 
 Names:
   "hub:OWNER/REPO:ENTRY"  a torch.hub model, e.g. "hub:facebookresearch/dinov2:dinov2_vitb14" (the default,
-                          `DEFAULT_ENCODER`, alias "dinov2-b"); DINOv2's normed patch tokens, no cls/registers
+                          `DEFAULT_ENCODER`, alias "dinov2-b"); DINOv2's normed patch tokens, no cls/registers;
+                          "hub:LOCAL_DIR:ENTRY" loads from a local clone (its hubconf.py)
   "timm:MODEL"            a timm model with pretrained weights, e.g. "timm:vit_base_patch14_dinov2.lvd142m"; its
                           prefix (cls/register) tokens are dropped, a CNN's last map is read as tokens
   "file:PATH" or PATH     a local file (see `patch_encoder`: TorchScript, or a state dict + config)
@@ -31,7 +32,10 @@ def encoder_input_size(image_size: int) -> int:
 def resolve_encoder(name: str) -> str:
     """The name an encoder is stored under: aliases expanded, local files as "file:ABSOLUTE_PATH"."""
     name = ENCODER_ALIASES.get(str(name), str(name))
-    if name.startswith(("hub:", "timm:")) or name == DIGITS_ENCODER:
+    if name.startswith("hub:"):
+        repo, _, entry = name[len("hub:"):].rpartition(":")
+        return f"hub:{Path(repo).resolve()}:{entry}" if repo and Path(repo).is_dir() else name
+    if name.startswith("timm:") or name == DIGITS_ENCODER:
         return name
     path = Path(name[len("file:"):] if name.startswith("file:") else name).expanduser()
     if path.is_file():
@@ -65,15 +69,17 @@ def load_encoder(name: str = DEFAULT_ENCODER, image_size: int = 256, device="cpu
 
 
 def _hub_encoder(name: str, input_size: int) -> PatchEncoder:
-    try:
-        _, repo, entry = name.split(":")
-    except ValueError:
-        raise ValueError(f"torch.hub encoder names read hub:OWNER/REPO:ENTRY, got {name!r}") from None
+    repo, _, entry = name[len("hub:"):].rpartition(":")
+    if not repo or not entry:
+        raise ValueError(f"torch.hub encoder names read hub:OWNER/REPO:ENTRY (or hub:LOCAL_DIR:ENTRY), got {name!r}")
+    if Path(repo).is_dir():  # a local clone holding hubconf.py: no network, no hub cache
+        return PatchEncoder(torch.hub.load(repo, entry, source="local", trust_repo=True, verbose=False), name,
+                            input_size, 3, IMAGENET_MEAN, IMAGENET_STD)
     hub_dir = Path(torch.hub.get_dir())
     try:
         backbone = torch.hub.load(repo, entry, trust_repo=True, verbose=False)
     except Exception as err:  # offline: URLError/HTTPError (OSError), or hubconf's own download errors
-        owner, repo_name = repo.split("/", 1)
+        owner, _, repo_name = repo.partition("/")
         raise FileNotFoundError(
             f"could not load the encoder {name} through torch.hub ({type(err).__name__}: {err}). Offline, torch.hub "
             f"needs the repository code in {hub_dir / f'{owner}_{repo_name}_main'} and the weights in "
