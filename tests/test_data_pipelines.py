@@ -363,7 +363,8 @@ def test_training_runs_on_extracted_latents(extracted, vae_dir, tmp_path):
     final = train(config, progress=False, write_grid=False)
     ckpt = torch.load(final, weights_only=False, map_location="cpu")
     assert ckpt["step"] == 2
-    assert ckpt["space"] == {"resolution": 8, "channels": 4, "vae": str(vae_dir.resolve()), "latent_scale": 0.18215}
+    assert ckpt["space"] == {"resolution": 8, "channels": 4, "vae": str(vae_dir.resolve()), "latent_scale": 0.18215,
+                             "latent_mean": None, "latent_std": None}
     assert ckpt["spec"]["config"]["num_classes"] == 2 and ckpt["spec"]["config"]["in_channels"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

@@ -196,7 +196,7 @@ def test_sampling_refuses_non_finite_settings_and_reports_non_finite_outputs():
         with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
             SamplingOptions(cfg_scale=bad)
     for field, value in (("steps", 0), ("batch_size", 0), ("cache_interval", 0), ("guidance_channels", -1),
-                         ("cache_depth", 3), ("eta", -1.0), ("method", "euler")):
+                         ("cache_depth", 3), ("eta", -1.0), ("sampler", "heun"), ("shift", 0.0)):
         with pytest.raises(ValueError, match=field):
             SamplingOptions(**{field: value})
     model = build_model(model_spec("DiCo-Tiny", in_channels=1, num_classes=10, **TINY)).eval()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .data import OutputSpace, resolve_vae
+from .data import OutputSpace, check_vae_matches, resolve_vae
 from .models import MODELS, build_model, model_spec
 
 # What every checkpoint without its own record was trained with: the official recipe's iDDPM process.
@@ -422,7 +422,10 @@ def load_pretrained(source, name: str | None = None, weights: str = "ema", image
     elif vae is not None and space is not None:
         if space.vae is None:
             raise CheckpointError(f"{source} holds a pixel-space model: it has no VAE to replace")
-        space.vae = resolve_vae(vae)
+        try:  # a model decodes only with the autoencoder (and statistics) it was trained on
+            space.vae = check_vae_matches(space.vae, vae, space.latent_mean, space.latent_scale)
+        except ValueError as err:
+            raise CheckpointError(f"{source}: {err}") from err
     model = load_weights(build_checked(spec, state, source), state, str(source)).eval()
     return Pretrained(model, space, stored_objective(ckpt), ckpt, str(source))
 

@@ -9,7 +9,8 @@ from .extract import extract_latents
 from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, folder_fingerprint, scan_image_folder
 from .latents import LatentDataset, is_latent_dir, read_meta
 from .space import OutputSpace
-from .vae import LATENT_SCALE, VAE_ALIASES, decode_latents, encode_moments, load_vae, resolve_vae
+from .vae import (LATENT_NORMS, LATENT_SCALE, VAE_ALIASES, check_vae_matches, decode_latents, encode_moments,
+                  load_vae, resolve_vae)
 
 
 @dataclass
@@ -23,10 +24,13 @@ class DataFacts:
     latent_scale: float = LATENT_SCALE
     class_names: list | None = None
     fingerprint: str | None = None  # what a resumed run checks it is still training on
+    latent_mean: list | None = None  # per-channel statistics of standardised latents (see OutputSpace)
+    latent_std: list | None = None
 
     @property
     def space(self) -> OutputSpace:
-        return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale)
+        return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale, self.latent_mean,
+                           self.latent_std)
 
 
 # Why image folders are not encoded while training: one VAE encoder forward per image per step costs more than a
@@ -38,10 +42,11 @@ ENCODE_ONCE = ("training on {path} with a VAE needs its latents extracted once f
                "without --vae, an image folder trains in pixel space")
 
 
-def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
+def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None, latent_norm: str | None = None):
     """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; a directory written by
-    `dico extract-latents` -> its latents (4 x h x w, decoded by its VAE, or by `vae` if given: ema and mse share
-    one encoder); an image folder -> pixels at `image_size` (with `vae`: an error asking to extract latents)."""
+    `dico extract-latents` -> its latents (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
+    VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (with
+    `vae`: an error asking to extract latents)."""
     if spec in (None, "digits"):
         dataset = DigitsDataset()
         return dataset, DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES,
@@ -52,13 +57,15 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
                                 "root/<image>), a latents directory written by `dico extract-latents`, or nothing "
                                 "for the bundled digits")
     if is_latent_dir(path):
-        dataset = LatentDataset(path, seed=seed)
-        meta = dataset.meta
+        dataset = LatentDataset(path, seed=seed, latent_norm=latent_norm)
+        meta, norm = dataset.meta, dataset.normalization
         channels, height, width = meta["latent_shape"]
         if height != width:
             raise ValueError(f"{path}: latents of {height}x{width}; models train on square inputs")
-        facts = DataFacts(channels, height, meta["num_classes"], resolve_vae(vae) if vae else meta["vae"],
-                          meta["scale"], meta["class_names"], meta.get("fingerprint"))
+        decoder = check_vae_matches(meta["vae"], vae, norm["latent_mean"], norm["latent_scale"])
+        facts = DataFacts(channels, height, meta["num_classes"], decoder, norm["latent_scale"], meta["class_names"],
+                          fingerprint=meta.get("fingerprint"), latent_mean=norm["latent_mean"],
+                          latent_std=norm["latent_std"])
         return dataset, facts
     if vae is not None:
         raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size, vae=vae))
@@ -70,4 +77,5 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
 __all__ = ["DataFacts", "OutputSpace", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",
            "DIGITS_CLASSES", "DIGITS_RESOLUTION", "IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_arr",
            "scan_image_folder", "LatentDataset", "is_latent_dir", "read_meta", "extract_latents", "LATENT_SCALE",
-           "VAE_ALIASES", "decode_latents", "encode_moments", "load_vae", "resolve_vae"]
+           "VAE_ALIASES", "LATENT_NORMS", "check_vae_matches", "decode_latents", "encode_moments", "load_vae",
+           "resolve_vae"]

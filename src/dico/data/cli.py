@@ -2,11 +2,13 @@
 
 
 def run_extract(args) -> int:
+    from ..repa import load_encoder
     from .extract import extract_latents
 
+    encoder = load_encoder(args.repa_encoder, image_size=args.image_size) if args.repa_encoder else None
     extract_latents(args.data, args.out, image_size=args.image_size, vae=args.vae, batch_size=args.batch_size,
                     num_workers=args.num_workers, dtype=args.dtype, device=args.device,
-                    max_batches=args.max_batches, progress=not args.no_progress)
+                    max_batches=args.max_batches, progress=not args.no_progress, repa_encoder=encoder)
     return 0
 
 
@@ -28,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=256, help="center-crop size in pixels (default 256)")
     p.add_argument("--vae", default="ema", help="ema | mse (stabilityai/sd-vae-ft-*), a Hub id or a local "
                                                 "directory (default ema)")
+    p.add_argument("--repa-encoder", default=None,
+                   help="also store this encoder's patch tokens for REPA: dinov2-b (hub:facebookresearch/dinov2:"
+                        "dinov2_vitb14), hub:OWNER/REPO:ENTRY, timm:MODEL or a local file (default: none)")
     p.add_argument("--batch-size", type=int, default=64, help="images per process per VAE forward (default 64)")
     p.add_argument("--num-workers", type=int, default=4, help="image decoding processes per process (default 4)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import OutputSpace, decode_latents, load_vae
+from ..data import OutputSpace, load_vae
 from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
@@ -189,7 +189,7 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
     if space.vae is not None:
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
-        z = decode_latents(vae, z, space.latent_scale)
+        z = space.decode(vae, z)
     bad = [i for i, ok in zip(indices, torch.isfinite(z).flatten(1).all(dim=1).tolist()) if not ok]
     if bad:  # quantising NaN would write black images that look like results
         raise FloatingPointError(f"the model produced non-finite values (NaN/inf) for {len(bad)} of {len(indices)} "

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field, fields, replace
 
+from ..repa import RepaConfig
+
 
 @dataclass
 class TrainConfig:
@@ -10,6 +12,15 @@ class TrainConfig:
     data: str | None = None  # None: the bundled digits; else extracted latents or an image folder
     image_size: int = 256  # for image folders (pixels); latents carry their own size
     vae: str | None = None  # latents: decoder override for samples (image folders train in pixel space)
+    # latents: "scale" (z * 0.18215, the official recipe; default for the SD-VAE) or "channel" ((z - mean_c) / std_c
+    # with the statistics measured at extraction; default for other autoencoders)
+    latent_norm: str | None = None
+    # REPA (dico.repa): on when repa_encoder names the encoder whose tokens the data holds ("digits" for the digits)
+    repa_encoder: str | None = None
+    repa_weight: float = 0.5
+    repa_layer: str = "auto"  # DiCo: encoder_level_2 (any stage or stage.block); DiT: block 8 (4 below 24 blocks)
+    repa_stop_step: int | None = None  # HASTE: no alignment from this step on
+    repa_projector_dim: int = 2048
     results_dir: str = "results"
     max_steps: int = 400_000
     global_batch: int = 256
@@ -43,6 +54,12 @@ class TrainConfig:
     grid_per_class: int = 8
     grid_steps: int = 50
     grid_cfg_scale: float = 1.5
+
+    def repa(self) -> RepaConfig:
+        """The REPA settings of this run (stored in checkpoints as "repa")."""
+        return RepaConfig(enabled=self.repa_encoder is not None, weight=self.repa_weight, layer=self.repa_layer,
+                          projector_dim=self.repa_projector_dim, encoder=self.repa_encoder,
+                          stop_step=self.repa_stop_step)
 
 
 # The official DiCo recipe (AdamW lr 1e-4, no weight decay, constant lr, batch 256, EMA 0.9999).

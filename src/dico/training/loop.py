@@ -28,6 +28,7 @@ from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
+from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
 from ..transport import FlowObjective
 from .config import TrainConfig
@@ -285,7 +286,11 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                          "with --resume auto, or choose another --results-dir")
     if resume == "auto" and point is None and env.main:
         print(f"--resume auto: no checkpoint in {checkpoint_dir(results)}, starting a fresh run")
-    dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae)
+    dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae,
+                                   latent_norm=config.latent_norm)
+    repa_config = config.repa()
+    if repa_config.enabled:  # items become (x, y, encoder tokens of the same image)
+        dataset, repa_dim = repa_dataset(dataset, config.repa_encoder)
     spec = model_spec(config.model, **{"in_channels": facts.in_channels, "num_classes": facts.num_classes,
                                        **config.model_overrides})
     if spec["arch"] == "dit":
@@ -300,7 +305,12 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     model = build_model(spec).to(env.device)
     ema = build_model(spec).to(env.device).requires_grad_(False).eval()
     ema.load_state_dict(model.state_dict())
-    opt = adamw(model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    params = list(model.parameters())
+    repa = None
+    if repa_config.enabled:  # the projector lives beside the model: never in its (or the EMA's) state dict
+        repa = RepaLoss(model, repa_config, repa_dim).to(env.device)
+        params += list(repa.projector.parameters())
+    opt = adamw(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     start_step, skipped = 0, 0
     data_record = {"dataset_size": len(dataset), "fingerprint": facts.fingerprint}
     if point is not None:
@@ -314,6 +324,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                                   f" ({len(dataset)} samples, fingerprint {str(facts.fingerprint)[:12]})")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
+        if repa is not None:
+            if "repa_projector" not in ckpt:
+                raise CheckpointError(f"{point.path} was trained without REPA; resume it without --repa-encoder")
+            repa.projector.load_state_dict(ckpt["repa_projector"])
         opt.load_state_dict(ckpt["opt"])
         start_step, skipped = point.step, int(ckpt.get("skipped_steps", 0))
         if env.main:
@@ -324,9 +338,13 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if config.grad_checkpointing:
         enable_gradient_checkpointing(model)
     model.train()
-    wrapped = model
+    wrapped, wrapped_repa = model, repa
     if env.world > 1:
         wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+        if repa is not None:  # its own DDP: the projector's gradients are averaged like the model's
+            wrapped_repa = DistributedDataParallel(repa, device_ids=[env.device] if env.device.type == "cuda" else None)
+    if repa is not None:
+        repa.attach(model)  # a forward hook on the aligned layer; the model's code is unchanged
 
     batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
@@ -350,6 +368,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         if not all_finite(list(model.parameters()) + list(ema.parameters())):
             raise NonFiniteError(f"the weights after step {step} are not finite; not saving them (the newest "
                                  f"checkpoint stays the last good one)")
+        extra = {} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector.state_dict()}
         if env.main:
             atomic_save({
                 "format": CHECKPOINT_FORMAT,
@@ -364,6 +383,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 "objective": objective,
                 "data": data_record,
                 "world": env.world,  # provenance: how many processes trained it
+                **extra,
             }, path)
         if sync:
             barrier()
@@ -373,7 +393,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     step = start_step
     bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and env.main), unit="step",
                dynamic_ncols=True)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_align, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
     last_path, saved_step = None, start_step
     consistent = True  # step counter, weights, EMA and optimizer agree (false only while an update is applied)
     batch_iter = iter(loader)
@@ -384,26 +404,38 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     group["lr"] = learning_rate(config, step)
                 opt.zero_grad(set_to_none=True)
                 step_loss = torch.zeros((), device=env.device)
+                step_align = torch.zeros((), device=env.device)
+                repa_weight = repa_config.weight_at(step)
+                if repa is not None and repa.attached and repa_weight == 0:
+                    repa.detach()  # HASTE stop: no more alignment; the projector stays in checkpoints as it is
                 for a in range(rounds):
-                    x, y = next(batch_iter)
+                    x, y, *target = next(batch_iter)
                     x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
                     keys = [(config.seed, step, p) for p in batches.positions(a)]
                     if label_dropout > 0:
                         drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
                         y = torch.where(drop < label_dropout, facts.num_classes, y)
                     sync = a == rounds - 1 or env.world == 1
-                    context = wrapped.no_sync() if not sync else contextlib.nullcontext()
-                    with context, autocast:
-                        loss = losses_of(wrapped, x, y, keys).float().mean() / rounds
+                    context = contextlib.ExitStack()
+                    if not sync:
+                        context.enter_context(wrapped.no_sync())
+                        if repa_weight > 0 and wrapped_repa is not repa:
+                            context.enter_context(wrapped_repa.no_sync())
                     with context:
+                        with autocast:
+                            loss = losses_of(wrapped, x, y, keys).float().mean() / rounds
+                            step_loss += loss.detach()
+                            if repa_weight > 0:  # the hook kept the aligned layer's output of this forward
+                                align = wrapped_repa(target[0].to(env.device, non_blocking=True)) / rounds
+                                loss = loss + repa_weight * align
+                                step_align += align.detach()
                         loss.backward()
-                    step_loss += loss.detach()
                 # One collective per step: the mean loss, whether any process was asked to stop, and whether the
                 # (already all-reduced) gradients are finite, so every process takes the same decision.
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                grads = [p.grad for p in params if p.grad is not None]
                 flags = torch.stack([step_loss, torch.tensor(float(stop.received is not None), device=env.device),
-                                     torch.tensor(float(not all_finite(grads)), device=env.device)])
-                mean_loss, stop_asked, bad_grads = all_mean(flags).tolist()
+                                     torch.tensor(float(not all_finite(grads)), device=env.device), step_align])
+                mean_loss, stop_asked, bad_grads, mean_align = all_mean(flags).tolist()
                 if not math.isfinite(mean_loss) or bad_grads > 0:
                     what = "loss" if not math.isfinite(mean_loss) else "gradients"
                     if skipped >= config.skip_nonfinite:
@@ -423,6 +455,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 consistent = True
                 if math.isfinite(mean_loss):
                     window_loss += mean_loss
+                    window_align += mean_align
                     window_steps += 1
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.max_steps:
@@ -431,9 +464,11 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                               "steps_per_s": window_steps / elapsed,
                               "images_per_s": window_steps * config.global_batch / elapsed,
                               "lr": learning_rate(config, step - 1)}
+                    if repa is not None:
+                        record["repa_loss"] = window_align / max(window_steps, 1)  # "loss" stays the diffusion loss
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                    window_loss, window_align, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
                 if step % config.ckpt_every == 0 or step == config.max_steps:
                     last_path, saved_step = save(step), step
                 # Alone, a signal that came during this step's update stops here; several processes stop together
