@@ -1,16 +1,27 @@
 """Package attributes imported on first use, so that `dico --help` and `import dico` load no torch."""
 
 import importlib
+import sys
+import types
 
 
 def lazy_exports(package: str, exports: dict):
     """(__getattr__, __dir__) for `package`, whose public names live in submodules: `exports` maps name -> submodule.
 
     A name is imported with every other name of its submodule on first access. Submodules are attributes too
-    (`dico.models`). A function named like its own submodule (`dico.sampling.generate`) is bound when its
-    submodule is loaded through the package, so import such names from the package, not the submodule.
+    (`dico.models`). A function named like its own submodule (`dico.sampling.generate`) stays the package attribute
+    once that submodule is imported, as with an eager `from .generate import generate`.
     """
-    namespace = importlib.import_module(package).__dict__
+    namespace = sys.modules[package].__dict__
+
+    class Package(types.ModuleType):
+        def __setattr__(self, name, value):
+            # The import system sets `package.generate = <submodule>` after importing it: keep the function.
+            if isinstance(value, types.ModuleType) and exports.get(name) == name and hasattr(value, name):
+                value = getattr(value, name)
+            super().__setattr__(name, value)
+
+    sys.modules[package].__class__ = Package
 
     def load(name: str):
         if name in exports:
