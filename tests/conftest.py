@@ -1,11 +1,8 @@
 """Shared test fixtures: the official release's tensors live in ../shared/fixtures beside the checkout."""
 
-from pathlib import Path
-
 import pytest
 import torch
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+from helpers import FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +23,3 @@ def official_model(official):
     model = DiCo(**config)
     model.load_state_dict(official["state_dict"], strict=True)
     return model.eval()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -7,7 +7,7 @@ import torch
 
 import dico
 from dico.models import DiCo, DiT
-from conftest import FIXTURES, rel_err
+from helpers import FIXTURES, rel_err
 
 OFFICIAL_SHAPES = json.loads((FIXTURES / "official_state_dict_shapes.json").read_text())
 DICO_NAMES = ["DiCo-S", "DiCo-B", "DiCo-L", "DiCo-XL", "DiCo-H"]

@@ -43,8 +43,9 @@ def test_checkpoint_holds_everything_needed_to_continue(reference):
     assert final.name == "0000004.pt"
     assert sorted(p.name for p in (results / "checkpoints").iterdir()) == ["0000002.pt", "0000004.pt"]
     ckpt = torch.load(final, weights_only=True)
-    assert {"model", "ema", "opt", "step", "spec", "config", "data", "rng", "space"} <= set(ckpt)
-    assert ckpt["step"] == 4 and ckpt["data"]["samples_seen"] == 32
+    assert {"model", "ema", "opt", "step", "spec", "config", "data", "space", "objective"} <= set(ckpt)
+    assert ckpt["step"] == 4 and ckpt["data"]["dataset_size"] == 1797
+    assert ckpt["objective"] == {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000}
     assert ckpt["spec"]["config"]["hidden_size"] == 16 and ckpt["spec"]["config"]["in_channels"] == 1
     model = dico.load_model(final)  # no model name needed: the spec is inside
     assert max_rel_diff(model.state_dict(), weights(final, "ema")) == 0

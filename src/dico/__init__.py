@@ -3,7 +3,7 @@
 from .lazy import lazy_exports
 
 __version__ = "0.1.0"
-EXPORTS = {"create_model": "models", "list_models": "models", "load_checkpoint": "checkpoints",
-           "load_model": "checkpoints"}
+EXPORTS = {"create_model": ".models", "list_models": ".models", "load_checkpoint": ".checkpoints",
+           "load_model": ".checkpoints"}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = [*EXPORTS, "__version__"]

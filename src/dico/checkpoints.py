@@ -1,8 +1,11 @@
-"""Reading and writing checkpoints, safely.
+"""Reading and writing checkpoints, safely, and the one loader of pretrained models.
 
 Reads official DiCo/DiT training checkpoints ({"model", "ema", "opt", "args"}), bare state dicts, .safetensors files
 and our own training checkpoints, from a local path or a Hugging Face Hub file ("owner/repo/file.pt"). Pickles are
 read with `weights_only=True`: a file that tries to run code is refused before anything is built from it.
+
+`load_pretrained` is the single way from a file to a usable model: `dico.load_model`, `dico sample`, the
+benchmarks and evaluation all go through it, and training resumes read their checkpoint through `read_checkpoint`.
 """
 
 import argparse
@@ -10,11 +13,16 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .data import OutputSpace, resolve_vae
 from .models import MODELS, build_model, model_spec
+
+# What every checkpoint without its own record was trained with: the official recipe's iDDPM process.
+DDPM_OBJECTIVE = {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000}
 
 # Prefixes added by DistributedDataParallel and torch.compile; a state dict saved from a wrapper loads all the same.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -53,10 +61,15 @@ def read_safetensors(path: Path) -> dict:
     try:
         with safe_open(str(path), "pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
-            spec = (f.metadata() or {}).get("dico_spec")
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable .safetensors file: {err}") from err
-    return {"weights": state, "spec": json.loads(spec) if spec else None}
+    try:
+        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective")
+                 if f"dico_{key}" in metadata}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: unreadable dico metadata ({err})") from err
+    return {"weights": state, "spec": None, **facts}
 
 
 def read_pickle(path: Path):
@@ -212,21 +225,79 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
     return model
 
 
-def load_model(source, name: str | None = None, weights: str = "ema", **overrides) -> torch.nn.Module:
-    """Build the model a checkpoint holds and load its weights (eval mode).
+@dataclass
+class Pretrained:
+    """A loaded model and what it outputs: `space` (pixels or latents and their decoder) and `objective` (how it was
+    trained, hence how to sample it); `checkpoint` is the raw dict read, for callers that need more of it."""
 
-    The model comes from `name` (+ overrides) if given, else from the spec our checkpoints carry, else it is inferred
-    from the weights' names and shapes (official checkpoints).
+    model: torch.nn.Module
+    space: OutputSpace | None  # None: the file does not say (bare weights of a non-latent model)
+    objective: dict
+    checkpoint: dict
+    source: str
+
+    def output_space(self) -> OutputSpace:
+        """The space samples are drawn in; an error naming what to do when the file does not record it."""
+        if self.space is None:
+            raise CheckpointError(
+                f"{self.source} records neither its model nor what its samples are, and it is not an ImageNet "
+                f"latent model ({self.model.in_channels} input channels, official models have 4): sample from the "
+                "training checkpoint or a file written by `dico convert`, which record both; for official "
+                "checkpoints, pass --model, e.g. --model DiCo-XL")
+        return self.space
+
+
+def stored_space(ckpt: dict) -> OutputSpace | None:
+    space = ckpt.get("space")
+    return OutputSpace(**space) if isinstance(space, dict) else None
+
+
+def stored_objective(ckpt: dict) -> dict:
+    """How the weights were trained; checkpoints written before objectives were recorded are the official DDPM."""
+    if isinstance(ckpt.get("objective"), dict):
+        return dict(ckpt["objective"])
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    return {**DDPM_OBJECTIVE, **{k: config[k] for k in ("noise_schedule", "diffusion_steps") if k in config}}
+
+
+def load_pretrained(source, name: str | None = None, weights: str = "ema", image_size: int = 256, vae=None,
+                    num_classes: int | None = None, **overrides) -> Pretrained:
+    """Build the model a checkpoint holds, load its weights (eval mode) and say what it outputs.
+
+    The model comes from the spec our files carry, else from `name` (+ `num_classes` and other overrides), else it is
+    inferred from the weights' names and shapes (official checkpoints). Files without a recorded output space are
+    the official ImageNet latent models: SD-VAE latents of `image_size` pixels, decoded by `vae` (default "ema").
+    `vae` also replaces the decoder of a latent model (ema and mse share one encoder).
     """
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
-    if name is not None:
-        spec = model_spec(name, **overrides)
+    spec = stored_spec(ckpt)
+    if spec is not None:
+        if name is not None and name != spec["name"]:
+            raise CheckpointError(f"{source} holds {spec['name']}, not {name}; leave the model name out for "
+                                  "checkpoints that record their model")
+    elif name is not None:
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        spec = model_spec(name, **{"input_size": image_size // 8, **overrides})
     else:
-        spec = stored_spec(ckpt) or infer_spec(state)
+        spec = infer_spec(state)
         if spec is None:
-            raise CheckpointError(f"cannot tell which model {source} holds; pass name= (e.g. 'DiCo-XL')")
-    return load_weights(build_model(spec), state, str(source)).eval()
+            raise CheckpointError(f"cannot tell which model {source} holds; name it (e.g. 'DiCo-XL')")
+    space = stored_space(ckpt)
+    if space is None and spec["config"]["in_channels"] == 4:  # what official checkpoints are
+        space = OutputSpace.latent(image_size, resolve_vae(vae or "ema"))
+    elif vae is not None and space is not None:
+        if space.vae is None:
+            raise CheckpointError(f"{source} holds a pixel-space model: it has no VAE to replace")
+        space.vae = resolve_vae(vae)
+    model = load_weights(build_model(spec), state, str(source)).eval()
+    return Pretrained(model, space, stored_objective(ckpt), ckpt, str(source))
+
+
+def load_model(source, name: str | None = None, weights: str = "ema", **overrides) -> torch.nn.Module:
+    """The model a checkpoint holds, with its weights, in eval mode (see `load_pretrained`)."""
+    return load_pretrained(source, name, weights, **overrides).model
 
 
 def atomic_save(obj, path) -> None:
@@ -256,7 +327,13 @@ def convert(source, out, weights: str = "ema") -> Path:
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
     spec = stored_spec(ckpt) or infer_spec(state)
-    metadata = {"format": "pt", "dico_spec": json.dumps(spec)} if spec else {"format": "pt"}
+    # What `dico sample` needs besides the weights travels along: the model, its output space, its objective.
+    metadata = {"format": "pt", "dico_objective": json.dumps(stored_objective(ckpt))}
+    if spec:
+        metadata["dico_spec"] = json.dumps(spec)
+    space = stored_space(ckpt)
+    if space is not None:
+        metadata["dico_space"] = json.dumps(asdict(space))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)

@@ -10,9 +10,10 @@ Command modules are imported only when their command runs and import torch only 
 
 import difflib
 import importlib
+import inspect
 import sys
 from dataclasses import MISSING, dataclass, fields
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -60,8 +61,8 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryErro
 class ConvertConfig:
     """Write a checkpoint's weights as .safetensors (with the model spec as metadata)."""
 
-    source: tyro.conf.Positional[str]  # checkpoint path or Hub file (owner/repo/file.pt)
-    out: tyro.conf.Positional[str]  # output .safetensors path
+    source: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SOURCE")]  # path or Hub file owner/repo/f.pt
+    out: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="OUT")]  # the .safetensors file to write
     weights: Literal["ema", "model"] = "ema"
 
 
@@ -118,7 +119,7 @@ def parse(name: str, args: list):
         default, prepared = getattr(module, command.prepare)(args, values)
     else:
         default, prepared = with_values(plain_defaults(options_class), values, f"--config {path}"), {}
-    description = f"{options_class.__doc__.strip()}\n\n{CONFIG_FLAGS_HELP}"
+    description = f"{inspect.cleandoc(options_class.__doc__)}\n\n{CONFIG_FLAGS_HELP}"
     options = tyro.cli(options_class, args=args, default=default, prog=f"dico {name}", description=description)
     return options, prepared, print_config
 

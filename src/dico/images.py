@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# What counts as an image file when reading folders (torchvision's list; PIL reads them all).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, 3), as the official sampler quantises (127.5 x + 128, clamped).

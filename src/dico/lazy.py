@@ -6,9 +6,10 @@ import types
 
 
 def lazy_exports(package: str, exports: dict):
-    """(__getattr__, __dir__) for `package`, whose public names live in submodules: `exports` maps name -> submodule.
+    """(__getattr__, __dir__) for `package`, whose public names live in other modules: `exports` maps each name to
+    its module, relative to the package (".generate", "..data.space").
 
-    A name is imported with every other name of its submodule on first access. Submodules are attributes too
+    A name is imported with every other name of its module on first access. Submodules are attributes too
     (`dico.models`). A function named like its own submodule (`dico.sampling.generate`) stays the package attribute
     once that submodule is imported, as with an eager `from .generate import generate`.
     """
@@ -17,7 +18,7 @@ def lazy_exports(package: str, exports: dict):
     class Package(types.ModuleType):
         def __setattr__(self, name, value):
             # The import system sets `package.generate = <submodule>` after importing it: keep the function.
-            if isinstance(value, types.ModuleType) and exports.get(name) == name and hasattr(value, name):
+            if isinstance(value, types.ModuleType) and exports.get(name) == f".{name}" and hasattr(value, name):
                 value = getattr(value, name)
             super().__setattr__(name, value)
 
@@ -25,7 +26,7 @@ def lazy_exports(package: str, exports: dict):
 
     def load(name: str):
         if name in exports:
-            module = importlib.import_module(f"{package}.{exports[name]}")
+            module = importlib.import_module(exports[name], package)
             for exported, source in exports.items():
                 if source == exports[name]:
                     namespace[exported] = getattr(module, exported)

@@ -7,6 +7,6 @@ SUBMODULE_EXPORTS = {
     "official": ["official_twin", "load_official_module"],
     "throughput": ["BenchConfig", "BenchResult", "benchmark", "format_table"],
 }
-EXPORTS = {name: module for module, names in SUBMODULE_EXPORTS.items() for name in names}
+EXPORTS = {name: f".{module}" for module, names in SUBMODULE_EXPORTS.items() for name in names}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = list(EXPORTS)

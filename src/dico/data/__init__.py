@@ -7,6 +7,7 @@ from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, export_dig
 from .extract import extract_latents
 from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, scan_image_folder
 from .latents import LatentDataset, is_latent_dir, read_meta
+from .space import OutputSpace
 from .vae import LATENT_SCALE, VAE_ALIASES, decode_latents, encode_moments, load_vae, resolve_vae
 
 
@@ -20,6 +21,10 @@ class DataFacts:
     vae: str | None = None  # the VAE that decodes samples (latent data), else None (pixels)
     latent_scale: float = LATENT_SCALE
     class_names: list | None = None
+
+    @property
+    def space(self) -> OutputSpace:
+        return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale)
 
 
 # Why image folders are not encoded while training: one VAE encoder forward per image per step costs more than a
@@ -57,7 +62,7 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
     return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names)
 
 
-__all__ = ["DataFacts", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",
+__all__ = ["DataFacts", "OutputSpace", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",
            "DIGITS_CLASSES", "DIGITS_RESOLUTION", "IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_arr",
            "scan_image_folder", "LatentDataset", "is_latent_dir", "read_meta", "extract_latents", "LATENT_SCALE",
            "VAE_ALIASES", "decode_latents", "encode_moments", "load_vae", "resolve_vae"]

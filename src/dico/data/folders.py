@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import IMAGE_EXTENSIONS
 from ..randomness import PURPOSES, keyed_generator
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's list
 # The last word of an item's augmentation key, (seed, PURPOSES["data"], epoch, index, AUGMENT_DRAW): it keeps the
 # key apart from the data-order key (seed, PURPOSES["data"], epoch), which keyed_seed would otherwise equal for
 # index 0 (SeedSequence pads short keys with zeros).

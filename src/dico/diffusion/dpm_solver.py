@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .gaussian_diffusion import _compute_dtype, initial_noise
+from .common import compute_dtype, initial_noise
 
 # Below this many steps the last steps fall back to lower orders (Lu et al.'s rule): with very few steps the final
 # step sizes are large and extrapolating from older predictions becomes unreliable.
@@ -79,7 +79,7 @@ def dpm_solver_plus_plus(diffusion, model, shape, steps: int = 20, order: int = 
 
     x = initial_noise(model, shape, noise, device)
     out_dtype = x.dtype
-    x = x.to(_compute_dtype(x))
+    x = x.to(compute_dtype(x))
     channels = x.shape[1]
     history = []  # (lambda, data prediction) of the most recent evaluations, newest last
     positions = range(steps)

@@ -14,8 +14,10 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from .common import compute_dtype, initial_noise
+from .dpm_solver import dpm_solver_plus_plus
 from .likelihoods import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .schedules import Respacing, space_timesteps
+from .schedules import Respacing, named_beta_schedule, space_timesteps
 
 StepNoise = Callable[[int, tuple], torch.Tensor]
 
@@ -112,7 +114,7 @@ class GaussianDiffusion:
     def _coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """schedule[name][t] as a (N, 1, ..., 1) tensor in the computation dtype of `like`."""
         # index_select rather than table[t]: advanced indexing is orders of magnitude slower on CPU for large batches.
-        values = self._table(name, t.device).index_select(0, t).to(_compute_dtype(like))
+        values = self._table(name, t.device).index_select(0, t).to(compute_dtype(like))
         return values.view(-1, *([1] * (like.ndim - 1)))
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,7 @@ class GaussianDiffusion:
 
     def _p_from_output(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool,
                        denoised_fn=None) -> dict:
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         eps, v = self._split_output(output, x)
         eps = eps.to(dtype)
         if v is not None:
@@ -225,7 +227,7 @@ class GaussianDiffusion:
             terms["vb"] = self._vb_terms_bpd(frozen, x_start, x_t, t)
             if self.rescale_learned_sigmas:
                 terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
-        dtype = _compute_dtype(x_start)
+        dtype = compute_dtype(x_start)
         terms["mse"] = mean_flat((noise.to(dtype) - eps.to(dtype)) ** 2)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return {k: value.to(x_start.dtype) for k, value in terms.items()}
@@ -233,7 +235,7 @@ class GaussianDiffusion:
     def _vb_terms_bpd(self, output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """One term of the variational bound in bits per dimension: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), or the
         decoder's negative log-likelihood of x_0 at t = 0."""
-        dtype = _compute_dtype(x_start)
+        dtype = compute_dtype(x_start)
         x_start = x_start.to(dtype)
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t.to(dtype), t)
         p = self._p_from_output(output, x_t, t, clip_denoised=False)
@@ -335,8 +337,6 @@ class GaussianDiffusion:
                                progress: bool = False, skip_type: str = "logSNR") -> torch.Tensor:
         """DPM-Solver++ (multistep, data prediction, deterministic) with `steps` model evaluations on this process's
         schedule; see dpm_solver.py. order 2 = DPM-Solver++(2M), 3 = (3M)."""
-        from .dpm_solver import dpm_solver_plus_plus
-
         return dpm_solver_plus_plus(self, model, shape, steps=steps, order=order, noise=noise,
                                     clip_denoised=clip_denoised, model_kwargs=model_kwargs, device=device,
                                     progress=progress, skip_type=skip_type)
@@ -362,36 +362,15 @@ def create_diffusion(respacing: Respacing = None, noise_schedule: str = "linear"
                      rescale_learned_sigmas: bool = False) -> GaussianDiffusion:
     """The DiT/DiCo diffusion: `diffusion_steps` steps of `noise_schedule`, respaced by `respacing` ("" or None: not
     respaced; "250"; "ddim50"; "10,15,20"; or a list of section counts)."""
-    from .schedules import named_beta_schedule
-
     betas = named_beta_schedule(noise_schedule, diffusion_steps)
     kept = space_timesteps(diffusion_steps, respacing)
     return GaussianDiffusion(betas, kept, learn_sigma=learn_sigma, sigma_small=sigma_small,
                              rescale_learned_sigmas=rescale_learned_sigmas)
 
 
-def initial_noise(model, shape, noise: Optional[torch.Tensor], device) -> torch.Tensor:
-    """The starting x_T: `noise` if given, else standard normal on `device` (or the model's device, or CPU)."""
-    if not isinstance(shape, (tuple, list, torch.Size)):
-        raise ValueError(f"shape must be a tuple like (N, C, H, W), got {shape!r}")
-    if noise is not None:
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        return noise.to(device) if device is not None else noise
-    if device is None:
-        parameters = getattr(model, "parameters", None)
-        first = next(iter(parameters()), None) if callable(parameters) else None
-        device = first.device if first is not None else "cpu"
-    return torch.randn(*shape, device=device)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _not_last(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """1 where noise is added (t > 0), 0 at the final step, shaped to broadcast over x."""
-    return (t != 0).to(_compute_dtype(x)).view(-1, *([1] * (x.ndim - 1)))
+    return (t != 0).to(compute_dtype(x)).view(-1, *([1] * (x.ndim - 1)))
 
 
 def _draw(step_noise: Optional[StepNoise], i: int, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,6 @@ SUBMODULE_EXPORTS = {
     "metrics": ["GaussianStatistics", "class_accuracy", "frechet_distance", "gaussian_statistics", "inception_score",
                 "manifold_radii", "precision_recall"],
 }
-EXPORTS = {name: module for module, names in SUBMODULE_EXPORTS.items() for name in names}
+EXPORTS = {name: f".{module}" for module, names in SUBMODULE_EXPORTS.items() for name in names}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = sorted(EXPORTS)

@@ -19,9 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import load_digits_uint8
 from .cache import cache_dir
 
-DIGITS_RESOLUTION = 16
+CLASSIFIER_RESOLUTION = 16
 RECIPE_VERSION = "v4"  # bump when the architecture or the training recipe changes
 TRAIN_FRACTION = 0.8
 SPLIT_SEED = 0
@@ -30,13 +31,11 @@ SPLIT_SEED = 0
 UPSCALINGS = ("nearest", "bilinear", "bicubic")
 
 
-def digits_images(resolution: int = DIGITS_RESOLUTION, upscale: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+def digits_images(resolution: int = CLASSIFIER_RESOLUTION, upscale: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
     """The demo's digits (`dico.data.load_digits_uint8`: 8x8 uint8) as (N, resolution, resolution, 1) images and labels.
 
     `upscale`: "nearest" or "bilinear" (torch, on the float values, then rounded) or "bicubic" (PIL's filter).
     """
-    from ..data import load_digits_uint8
-
     if upscale not in UPSCALINGS:
         raise ValueError(f"unknown upscale {upscale!r}; choose one of {', '.join(UPSCALINGS)}")
     small, labels = load_digits_uint8()
@@ -89,8 +88,8 @@ class DigitsClassifier(nn.Module):
     def prepare(images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W), any size, gray or RGB -> float (N, 1, 16, 16) in [0, 1]."""
         x = images.float().mean(dim=1, keepdim=True) / 255.0
-        if x.shape[-2:] != (DIGITS_RESOLUTION, DIGITS_RESOLUTION):
-            x = F.interpolate(x, size=(DIGITS_RESOLUTION,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        if x.shape[-2:] != (CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION):
+            x = F.interpolate(x, size=(CLASSIFIER_RESOLUTION,) * 2, mode="bilinear", antialias=True, align_corners=False)
         return x
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +100,7 @@ class DigitsClassifier(nn.Module):
 def not_a_digit_images(count: int, generator: torch.Generator, digits: torch.Tensor) -> torch.Tensor:
     """uint8 (count, 1, 16, 16) junk of four kinds: uniform noise, smooth random blobs, constant images and digits
     with their pixels shuffled (right intensities, no shape)."""
-    size = (count, 1, DIGITS_RESOLUTION, DIGITS_RESOLUTION)
+    size = (count, 1, CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION)
     kind = torch.randint(0, 4, (count,), generator=generator)
     noise = torch.rand(size, generator=generator)
     blobs = F.interpolate(torch.rand((count, 1, 4, 4), generator=generator), size=size[-2:], mode="bilinear")

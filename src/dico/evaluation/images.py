@@ -15,7 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from ..images import IMAGE_EXTENSIONS
+
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _HASH_CHUNK = 16 << 20
 
@@ -107,9 +108,9 @@ def _check_image_array(path: Path, shape: tuple, dtype: np.dtype) -> None:
 def _open_folder(path: Path) -> ImageSource:
     from PIL import Image
 
-    files = tuple(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+    files = tuple(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
     if not files:
-        raise ValueError(f"{path} is a folder without images (looked for {', '.join(IMAGE_SUFFIXES)} files)")
+        raise ValueError(f"{path} is a folder without images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     try:
         with Image.open(files[0]) as first:
             width, height = first.size

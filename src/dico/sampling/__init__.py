@@ -2,7 +2,9 @@
 
 from ..lazy import lazy_exports
 
-EXPORTS = {name: "generate" for name in ["LATENT_SCALE", "OutputSpace", "SamplingOptions", "generate", "image_labels",
-                                         "sample_to_npz", "write_class_grid"]}
+EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": ".config",
+           "sample": ".from_checkpoint",
+           **{name: ".generate" for name in ["SamplingOptions", "generate", "image_labels", "sample_to_npz",
+                                             "write_class_grid"]}}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = list(EXPORTS)

@@ -1,100 +1,12 @@
-"""`dico sample`: images from our checkpoints, official ones (then --model is required) or the Hub."""
+"""`dico sample`: a thin shell over `dico.sampling.sample` (flags: the fields of SampleConfig)."""
 
-import math
-from pathlib import Path
-
-import torch
-
-from ..checkpoints import CheckpointError, load_weights, read_checkpoint, select_weights, stored_spec
-from ..data import resolve_vae
-from ..distributed import barrier, setup, teardown
-from ..images import save_grid
-from ..models import MODELS, build_model, model_spec
-from .generate import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
-
-def load_for_sampling(source, name=None, weights="ema", image_size=256, vae=None, num_classes=None):
-    """(model, output space) from any checkpoint. Ours carry both; official ones need the model name and are
-    ImageNet latent models (image_size / 8, Stable Diffusion VAE)."""
-    ckpt = read_checkpoint(source)
-    state = select_weights(ckpt, weights, source)
-    spec = stored_spec(ckpt)
-    if spec is None:
-        if name is None:
-            raise CheckpointError(f"{source} does not say which model it holds (an official checkpoint?): "
-                                  "pass --model, e.g. --model DiCo-XL")
-        overrides = {} if num_classes is None else {"num_classes": num_classes}
-        if MODELS.get(name, ("",))[0] == "dit":
-            overrides["input_size"] = image_size // 8
-        spec = model_spec(name, **overrides)
-    elif name is not None and name != spec["name"]:
-        raise CheckpointError(f"{source} holds {spec['name']}, not {name}; leave --model out for our checkpoints")
-    model = load_weights(build_model(spec), state, str(source)).eval()
-    saved_space = ckpt.get("space")
-    if isinstance(saved_space, dict):
-        space = OutputSpace(**saved_space)
-        if vae is not None and space.vae is not None:
-            space.vae = resolve_vae(vae)
-    else:
-        space = OutputSpace.latent(image_size, resolve_vae(vae or "ema"))
-    return model, space
+from .config import SampleConfig
 
 
-def run(args) -> int:
-    env = setup(args.device)
-    model, space = load_for_sampling(args.ckpt, args.model, args.weights, args.image_size, args.vae, args.num_classes)
-    model.to(env.device)
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    if classes and any(not 0 <= c < model.num_classes for c in classes):
-        raise ValueError(f"--classes must lie in [0, {model.num_classes}), got {classes}")
-    options = SamplingOptions(method=args.method, steps=args.steps, cfg_scale=args.cfg_scale,
-                              guidance_channels=args.guidance_channels, eta=args.eta, seed=args.seed,
-                              batch_size=args.batch_size, cache_interval=args.cache_interval,
-                              cache_depth=args.cache_depth, cache_guidance=not args.no_cache_guidance)
-    out = Path(args.out)
-    if out.suffix == ".npz":
-        path = sample_to_npz(model, space, out, args.num_samples, options, classes, env.rank, env.world, env.device,
-                             progress=env.main, barrier=barrier, run_info={"ckpt": str(args.ckpt)})
-    elif out.suffix == ".png":
-        path = None
-        if env.main:
-            from .generate import load_vae_for
+def run(config: SampleConfig) -> int:
+    from . import sample
 
-            indices = list(range(args.num_samples))
-            labels = image_labels(indices, model.num_classes, args.seed, classes)
-            images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
-                              progress=True)
-            path = save_grid(images, out, nrow=args.nrow or math.ceil(math.sqrt(len(images))))
-    else:
-        raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {out}")
-    if env.main:
-        print(f"wrote {args.num_samples} samples to {path}")
-    teardown()
+    path = sample(config)
+    if path is not None:
+        print(f"wrote {config.num_samples} samples to {path}")
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="sample images from a checkpoint (PNG grid or ADM .npz)")
-    p.add_argument("--ckpt", required=True, help="checkpoint: ours, official (needs --model) or owner/repo/file")
-    p.add_argument("--model", default=None, help="model name; required for official checkpoints")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema")
-    p.add_argument("--image-size", type=int, default=256, help="official latent models: 256 or 512 px")
-    p.add_argument("--num-classes", type=int, default=None, help="official models: number of classes (1000)")
-    p.add_argument("--vae", default=None, help="ema | mse | a local VAE directory (latent models)")
-    p.add_argument("--method", default="ddpm", choices=["ddpm", "ddim", "dpm++2m", "dpm++3m"])
-    p.add_argument("--steps", type=int, default=250)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--guidance-channels", default=3, type=lambda v: v if v == "all" else int(v),
-                   help="guide the first N output channels (official: 3) or 'all'")
-    p.add_argument("--classes", default=None, help="comma-separated class ids, cycled (default: random classes)")
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--out", required=True, help="samples.png (grid) or samples.npz (ADM format)")
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--cache-interval", type=int, default=1, help="DeepCache: full forward every N steps (1 = off)")
-    p.add_argument("--cache-depth", type=int, default=1, choices=[1, 2], help="DeepCache: outer levels recomputed")
-    p.add_argument("--no-cache-guidance", action="store_true",
-                   help="DeepCache with guidance: cached steps run both halves instead of reusing cond - uncond")
-    p.set_defaults(func=run)

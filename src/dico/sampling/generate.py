@@ -13,26 +13,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data import OutputSpace, decode_latents, load_vae
 from ..diffusion import create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
-from ..data.vae import LATENT_SCALE, VAE_ALIASES
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
-
-
-@dataclass
-class OutputSpace:
-    """What a model's samples are: their size and channels, and the VAE that decodes them (None: pixels)."""
-
-    resolution: int
-    channels: int
-    vae: str | None = None
-    latent_scale: float = LATENT_SCALE
-
-    @classmethod
-    def latent(cls, image_size: int = 256, vae: str = VAE_ALIASES["ema"]) -> "OutputSpace":
-        if image_size % 8:
-            raise ValueError(f"image size must be divisible by 8 (the VAE's downsampling), got {image_size}")
-        return cls(image_size // 8, 4, vae)
+from .deepcache import DeepCache
 
 
 @dataclass
@@ -101,8 +86,6 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
     diffusion = create_diffusion("", noise_schedule=options.noise_schedule, learn_sigma=model.learn_sigma,
                                  diffusion_steps=options.diffusion_steps)
     if options.cache_interval > 1:
-        from .deepcache import DeepCache
-
         fn = DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
                        guidance_channels(model, options), options.cache_guidance)
     else:
@@ -112,8 +95,6 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
     if doubled:
         z = z[: len(indices)]
     if space.vae is not None:
-        from ..data import decode_latents
-
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
         z = decode_latents(vae, z, space.latent_scale)
@@ -123,15 +104,13 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
 def load_vae_for(space: OutputSpace, device):
     if space.vae is None:
         return None
-    from ..data import load_vae
-
     return load_vae(space.vae, device)
 
 
 def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, steps: int = 50,
                      cfg_scale: float = 1.0, seed: int = 0, device=None, method: str = "ddpm") -> Path:
     """A PNG grid with one row per class (the first `classes` classes), `per_class` samples each."""
-    space = OutputSpace(facts.resolution, facts.in_channels, facts.vae, facts.latent_scale)
+    space = facts.space
     rows = min(classes, facts.num_classes) if facts.num_classes else 1  # unconditional: one row of label 0
     indices = list(range(rows * per_class))
     labels = torch.tensor([i // per_class for i in indices])

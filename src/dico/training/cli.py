@@ -47,15 +47,16 @@ def prepare(args: list, values: dict):
     point = None
     if settings.get("resume"):
         # Only a resumed run reads a checkpoint (and so imports torch): `dico train --help` stays fast.
-        from .loop import config_from_checkpoint, resolve_resume
+        from .loop import config_from_checkpoint, resume_point
 
-        point = resolve_resume(settings["resume"], results_dir)
+        point = resume_point(settings["resume"], results_dir)
     base = config_from_checkpoint(point) if point else preset(name)
     command = with_values(TrainCommand(**to_dict(base), preset=name), values, "--config")
     return command, {"resume": point}
 
 
 def run(command: TrainCommand, resume=None) -> int:
+    """Train as `command` says; `resume`: the ResumePoint `prepare` read (None: a fresh run)."""
     from .loop import newest_checkpoint, train
 
     config = command.train_config()

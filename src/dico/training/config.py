@@ -18,12 +18,12 @@ class TrainConfig:
     """One training run."""
 
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
-    # Model overrides, e.g. '{"channel_attention": "se"}'.
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
+    """Model overrides, e.g. '{"channel_attention": "se"}'."""
     data: str | None = None  # extracted latents dir or image folder (None: the bundled digits)
     image_size: int = 256  # image folders: training resolution in pixels (latents carry their own size)
-    # Latents: the VAE that decodes samples (ema|mse|dir); image folders: refused, run dico extract-latents first.
     vae: str | None = None
+    """Latents: the VAE that decodes samples (ema|mse|dir); image folders: refused, run dico extract-latents first."""
     results_dir: str = "results"  # checkpoints, logs, config.yaml and samples go here
     max_steps: int = 400_000
     global_batch: int = 256  # images per optimizer step, over all processes

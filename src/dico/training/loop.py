@@ -9,7 +9,7 @@ import contextlib
 import functools
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,10 +19,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoints import CheckpointError, atomic_save, read_checkpoint
+from ..data import build_dataset
 from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
+from ..sampling import write_class_grid
 from .config import TrainConfig
 from .optim import adamw
 
@@ -105,15 +107,16 @@ def newest_checkpoint(results_dir) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_resume(resume, results_dir) -> Path | None:
-    if resume in (None, "", "none"):
-        return None
-    if resume == "auto":
-        return newest_checkpoint(results_dir)
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
+@dataclass
+class ResumePoint:
+    """A training checkpoint to continue from, read once: its path and contents."""
+
+    path: Path
+    checkpoint: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint["step"])
 
 
 def read_training_checkpoint(path) -> dict:
@@ -124,9 +127,27 @@ def read_training_checkpoint(path) -> dict:
     return ckpt
 
 
-def config_from_checkpoint(path, **overrides) -> TrainConfig:
-    """The run configuration a checkpoint was written with, with `overrides` applied (e.g. a larger max_steps)."""
-    saved = read_training_checkpoint(path)["config"]
+def resume_point(resume, results_dir) -> ResumePoint | None:
+    """What `--resume` names: None/""/"none" (start fresh), "auto" (the newest checkpoint in `results_dir`, if any)
+    or a checkpoint path. A ResumePoint passes through unchanged, so the file is read once however often asked."""
+    if isinstance(resume, ResumePoint):
+        return resume
+    if resume in (None, "", "none"):
+        return None
+    path = newest_checkpoint(results_dir) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return ResumePoint(path, read_training_checkpoint(path))
+
+
+def config_from_checkpoint(point, **overrides) -> TrainConfig:
+    """The run configuration a checkpoint was written with, with `overrides` applied (e.g. a larger max_steps).
+    `point`: a ResumePoint or a checkpoint path."""
+    if not isinstance(point, ResumePoint):
+        point = ResumePoint(Path(point), read_training_checkpoint(point))
+    saved = dict(point.checkpoint["config"])
     saved["betas"] = tuple(saved["betas"])
     return TrainConfig(**{**saved, **overrides})
 
@@ -171,13 +192,11 @@ class RunLog:
 def train(config: TrainConfig, resume=None, device: str | None = None, progress: bool = True,
           write_grid: bool = True) -> Path:
     """Train (or resume) a run; returns the path of the final checkpoint."""
-    from ..data import build_dataset
-
     env = setup(device)
     results = Path(config.results_dir)
-    resume_path = resolve_resume(resume, results)
+    point = resume_point(resume, results)
     existing = newest_checkpoint(results)
-    if resume_path is None and existing is not None:
+    if point is None and existing is not None:
         # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
         raise ValueError(f"{results} already holds checkpoints (newest: {existing.name}); continue "
                          "with --resume auto, or choose another --results-dir")
@@ -195,16 +214,19 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     ema.load_state_dict(model.state_dict())
     opt = adamw(model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     start_step = 0
-    if resume_path is not None:
-        ckpt = read_training_checkpoint(resume_path)
+    if point is not None:
+        ckpt = point.checkpoint
         if ckpt["spec"] != spec:
-            raise CheckpointError(f"{resume_path} holds {ckpt['spec']}, but this run builds {spec}")
+            raise CheckpointError(f"{point.path} holds {ckpt['spec']}, but this run builds {spec}")
+        if ckpt["data"]["dataset_size"] != len(dataset):
+            raise CheckpointError(f"{point.path} was trained on {ckpt['data']['dataset_size']} samples, but "
+                                  f"{config.data or 'the digits'} holds {len(dataset)}: not the same data")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
-        start_step = int(ckpt["step"])
+        start_step = point.step
         if env.main:
-            print(f"resumed from {resume_path} at step {start_step}")
+            print(f"resumed from {point.path} at step {start_step}")
 
     label_dropout = spec["config"].get("class_dropout_prob", 0.0) if facts.num_classes > 0 else 0.0
     model.y_embedder.drop_in_forward = False  # dropout is drawn below, keyed per sample
@@ -226,10 +248,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     diffusion = create_diffusion("", noise_schedule=config.noise_schedule, learn_sigma=spec["config"]["learn_sigma"],
                                  diffusion_steps=config.diffusion_steps)
     # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
-    space = {"resolution": facts.resolution, "channels": facts.in_channels, "vae": facts.vae,
-             "latent_scale": facts.latent_scale}
+    space = asdict(facts.space)
+    objective = {"kind": "ddpm", "noise_schedule": config.noise_schedule, "diffusion_steps": config.diffusion_steps}
     log = RunLog(results, env.main)
-    if env.main and resume_path is None:
+    if env.main and point is None:
         (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
 
     def save(step: int) -> Path:
@@ -244,10 +266,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 "spec": spec,
                 "space": space,
                 "config": asdict(config),
-                "data": {"samples_seen": step * config.global_batch, "dataset_size": len(dataset),
-                         "seed": config.seed},
-                "rng": {"torch": torch.get_rng_state()},
-                "world": env.world,
+                "objective": objective,
+                "data": {"dataset_size": len(dataset)},
+                "world": env.world,  # provenance: how many processes trained it
             }, path)
         barrier()
         return path
@@ -311,8 +332,6 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if last_path is None:  # nothing left to train: the run was already complete
         last_path = newest_checkpoint(results)
     if write_grid and env.main and last_path is not None:
-        from ..sampling import write_class_grid
-
         grid = write_class_grid(ema, facts, results / "samples.png", classes=config.grid_classes,
                                 per_class=config.grid_per_class, steps=config.grid_steps,
                                 cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device)
