@@ -16,7 +16,7 @@ class InfoConfig:
     """Parameters and GMACs (the paper's GFLOPs) per model, beside the paper's figures."""
 
     models: Annotated[Positional[list[str]], arg(metavar="[MODEL ...]")] = field(default_factory=list)
-    """Registered model names (default: all DiCo sizes and DiT-XL/2)."""
+    """Registered model names (none: all DiCo sizes and DiT-XL/2)."""
     image_size: int = 256  # image resolution in pixels (latent = image/8)
 
 
@@ -40,7 +40,7 @@ class BenchCommand:
     seed: int = 0  # random weights and inputs
     clock: Literal["wall", "cpu"] = "wall"
     """wall: elapsed time; cpu: process CPU time (robust on a shared machine, use with --threads 1)."""
-    threads: int | None = None  # torch.set_num_threads (default: torch's choice)
+    threads: int | None = None  # torch.set_num_threads (None: torch's choice)
     tune_malloc: bool = False
     """Apply the glibc malloc settings of the other dico commands (for every model in the run); default: measure as
     in a plain Python process."""

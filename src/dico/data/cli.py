@@ -18,7 +18,7 @@ class ExtractLatentsConfig:
     batch_size: int = 64  # images per process per VAE forward
     num_workers: int = 4  # image decoding processes per process
     dtype: Literal["float16", "float32"] = "float16"  # storage precision (float16: 16 KiB per 256px image + mirror)
-    device: str | None = None  # cpu, cuda, cuda:1 ... (default: the local GPU if any)
+    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     max_batches: int | None = None  # stop each process after this many batches (resume later)
     progress: bool = True  # progress bar
 

@@ -18,10 +18,10 @@ class EvaluateConfig:
     """inception: ADM's metrics; digits: offline Digits-FID and class accuracy for the digits demo (not comparable
     with ImageNet FID)."""
     inception_weights: str | None = None
-    """Local copy of the Inception weights (dico.evaluation.INCEPTION_WEIGHTS_URL) for offline machines (default:
+    """Local copy of the Inception weights (dico.evaluation.INCEPTION_WEIGHTS_URL) for offline machines (None:
     download once)."""
-    batch_size: int | None = None  # images per batch (default 200 on CUDA, 32 on CPU)
-    device: str | None = None  # cuda, cuda:1, cpu, ... (default: cuda when available)
+    batch_size: int | None = None  # images per batch (None: 200 on CUDA, 32 on CPU)
+    device: str | None = None  # cuda, cuda:1, cpu, ... (None: cuda when available)
     json: str | None = None  # also write the metrics to this JSON file
     cache: bool = True  # read and write feature caches
     quiet: bool = False  # no progress bars

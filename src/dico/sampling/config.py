@@ -25,13 +25,13 @@ class SampleConfig:
     cfg_scale: float = 1.0  # classifier-free guidance scale (1: no guidance)
     guidance_channels: int | Literal["all"] = 3  # guide the first N output channels (official: 3) or 'all'
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
-    """Class ids, cycled (default: random classes)."""
+    """Class ids, cycled (None: random classes)."""
     num_samples: int = 16  # images to write
     out: str  # samples.png (a grid) or samples.npz (ADM format)
-    nrow: int | None = None  # images per grid row (default: a square grid)
+    nrow: int | None = None  # images per grid row (None: a square grid)
     batch_size: int = 32
     seed: int = 0
-    device: str | None = None  # cpu, cuda, cuda:1 ... (default: the local GPU if any)
+    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     cache_interval: int = 1  # DeepCache: full forward every N steps (1 = off)
     cache_depth: Literal[1, 2] = 1  # DeepCache: outer levels recomputed
     cache_guidance: bool = True  # DeepCache with guidance: cached steps reuse cond - uncond (off: run both halves)

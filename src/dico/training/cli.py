@@ -18,9 +18,9 @@ from .config import PRESETS, TrainConfig, preset, save_config
 class TrainCommand(TrainConfig):
     """Train a model: without --data the digits demo (a few minutes on a CPU), with --data the official recipe."""
 
-    preset: Literal["official", "dico-h", "demo"] | None = None  # recipe (default: demo without --data, else official)
+    preset: Literal["official", "dico-h", "demo"] | None = None  # recipe (None: demo without --data, else official)
     resume: str | None = None  # a checkpoint path, or 'auto' for the newest in --results-dir
-    device: str | None = None  # cpu, cuda, cuda:1 ... (default: the local GPU if any)
+    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     progress: bool = True  # progress bar
 
     def train_config(self) -> TrainConfig:
