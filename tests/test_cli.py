@@ -269,6 +269,13 @@ def test_a_config_file_may_hold_some_options_only_and_no_unknown_ones(tmp_path, 
     path.write_text("models: [DiCo-B]\nsample_steps: 4\n")
     options = parse("bench", ["--config", str(path)])[0]
     assert options.models == ["DiCo-B"] and options.sample_steps == 4 and options.repeats == 5
+    path.write_text("repeats: many\n")
+    assert main(["bench", "--config", str(path)]) == 2
+    assert "repeats: 'many': str is not an instance of int" in capsys.readouterr().err
+    path.write_text("cfg_scale: 1e-3\ndtypes: [bf16]\n")  # YAML 1.1 reads 1e-3 as text: still a float here
+    assert parse("bench", ["--config", str(path)])[0].cfg_scale == 1e-3
+    path.write_text("dtypes: [fp16]\n")
+    assert main(["bench", "--config", str(path)]) == 2
     path.write_text("modles: [DiCo-B]\n")
     assert main(["bench", "--config", str(path)]) == 2
     assert "unknown option(s) ['modles']" in capsys.readouterr().err

@@ -27,7 +27,7 @@ class Command:
     options: str  # the dataclass whose fields are the flags
     run: str  # run(options, **prepared) -> exit code
     help: str
-    prepare: str | None = None  # prepare(args, config file values) -> (default options, keyword arguments for run)
+    prepare: str | None = None  # prepare(args, file values, file name) -> (default options, kwargs for run)
 
 
 COMMANDS = {
@@ -115,10 +115,11 @@ def parse(name: str, args: list):
     options_class = getattr(module, command.options)
     path, print_config, args = split_config_flags(args)
     values = read_yaml(path) if path else {}
+    source = f"--config {path}"
     if command.prepare:
-        default, prepared = getattr(module, command.prepare)(args, values)
+        default, prepared = getattr(module, command.prepare)(args, values, source)
     else:
-        default, prepared = with_values(plain_defaults(options_class), values, f"--config {path}"), {}
+        default, prepared = with_values(plain_defaults(options_class), values, source), {}
     description = f"{inspect.cleandoc(options_class.__doc__)}\n\n{CONFIG_FLAGS_HELP}"
     options = tyro.cli(options_class, args=args, default=default, prog=f"dico {name}", description=description)
     return options, prepared, print_config

@@ -12,6 +12,7 @@ import types
 import typing
 from pathlib import Path
 
+import typeguard
 import yaml
 from tyro.constructors import PrimitiveConstructorSpec
 
@@ -73,7 +74,7 @@ def write_yaml(config, path) -> Path:
 
 def read_yaml(path) -> dict:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
         values = yaml.safe_load(path.read_text()) or {}
@@ -84,22 +85,39 @@ def read_yaml(path) -> dict:
     return values
 
 
-def holds_tuple(hint) -> bool:
-    if typing.get_origin(hint) is typing.Annotated:
-        return holds_tuple(typing.get_args(hint)[0])
-    if hint is tuple or typing.get_origin(hint) is tuple:
+def accepts(hint, kind) -> bool:
+    """Whether the field type `hint` is `kind` or a container/union of it (tuple[float, float], int | None)."""
+    if hint is kind:
         return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(holds_tuple(arg) for arg in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if origin is kind:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(arg, kind) for arg in typing.get_args(hint))
     return False
 
 
+def checked(name: str, value, hint, source: str):
+    """`value` (from YAML) as the field type `hint` asks, or a ValueError naming the option."""
+    if isinstance(value, list) and accepts(hint, tuple):
+        value = tuple(value)
+    if isinstance(value, str) and accepts(hint, float):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
+        except ValueError:
+            pass
+    try:
+        typeguard.check_type(value, hint)
+    except typeguard.TypeCheckError as err:
+        raise ValueError(f"{source}: {name}: {value!r}: {err}") from None
+    return value
+
+
 def with_values(config, values: dict, source: str = "config file"):
-    """`config` with the fields in `values` replaced (YAML lists become tuples where the field holds a tuple)."""
+    """`config` with the fields in `values` replaced, each checked against its type."""
     names = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
     hints = typing.get_type_hints(type(config))
-    values = {k: tuple(v) if isinstance(v, list) and holds_tuple(hints[k]) else v for k, v in values.items()}
-    return dataclasses.replace(config, **values)
+    return dataclasses.replace(config, **{k: checked(k, v, hints[k], source) for k, v in values.items()})

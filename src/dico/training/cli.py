@@ -35,8 +35,9 @@ def typed_choices(args: list) -> argparse.Namespace:
     return parser.parse_known_args(args)[0]
 
 
-def prepare(args: list, values: dict):
-    """(default TrainCommand for the flags in `args`, keyword arguments for `run`); `values`: a --config file."""
+def prepare(args: list, values: dict, source: str = "--config"):
+    """(default TrainCommand for the flags in `args`, keyword arguments for `run`); `values`: those of the --config
+    file named `source`."""
     typed = typed_choices(args)
     chosen = {k: v for k, v in vars(typed).items() if v is not None}
     settings = {**values, **chosen}  # flags typed win over the config file
@@ -51,7 +52,7 @@ def prepare(args: list, values: dict):
 
         point = resume_point(settings["resume"], results_dir)
     base = config_from_checkpoint(point) if point else preset(name)
-    command = with_values(TrainCommand(**to_dict(base), preset=name), values, "--config")
+    command = with_values(TrainCommand(**to_dict(base), preset=name), values, source)
     return command, {"resume": point}
 
 
