@@ -2,6 +2,7 @@
 and the latent data set, each checked against an independent computation."""
 
 import json
+from dataclasses import replace
 import os
 import pickle
 import subprocess
@@ -14,7 +15,7 @@ from PIL import Image
 
 import dico
 from dico.cli import main as cli
-from dico.data import (DataFacts, ImageFolderDataset, LatentDataset, build_dataset, center_crop_arr,
+from dico.data import (DataFacts, read_meta, ImageFolderDataset, LatentDataset, build_dataset, center_crop_arr,
                        decode_latents, encode_moments, extract_latents, load_digits_uint8, load_vae,
                        resolve_vae, scan_image_folder)
 from dico.data.latents import DONE, META, PLAN, create_latent_files, open_moments, write_json_atomic
@@ -115,7 +116,8 @@ def test_class_folders_are_indexed_as_torchvision_imagefolder(tmp_path):
 
 def test_class_folder_through_build_dataset(class_folder):
     dataset, facts = build_dataset(str(class_folder), image_size=16, seed=0)
-    assert facts == DataFacts(3, 16, 2, None, class_names=["cat", "dog"])
+    assert replace(facts, fingerprint=None) == DataFacts(3, 16, 2, None, class_names=["cat", "dog"])
+    assert len(facts.fingerprint) == 64
     assert len(dataset) == 8
     assert dataset.labels.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
     # cat/0.png is already 16x16: no resize, so the item is exactly the official (x/255 - 0.5)/0.5, maybe mirrored.
@@ -135,7 +137,7 @@ def test_flat_folder_is_unconditional(tmp_path):
     for i in range(3):
         random_image(tmp_path / f"{i}.png", 12, 10, seed=i)
     dataset, facts = build_dataset(str(tmp_path), image_size=8)
-    assert facts == DataFacts(3, 8, 0, None, class_names=None)
+    assert replace(facts, fingerprint=None) == DataFacts(3, 8, 0, None, class_names=None)
     assert [int(dataset[i][1]) for i in range(3)] == [0, 0, 0]
 
 
@@ -347,7 +349,8 @@ def test_latent_draws_are_reproducible_per_seed_epoch_and_index(tmp_path):
 def test_build_dataset_on_latents_reports_their_space(extracted, vae_dir):
     dataset, facts = build_dataset(str(extracted), image_size=999, seed=0)
     assert isinstance(dataset, LatentDataset) and len(dataset) == 8
-    assert facts == DataFacts(4, 8, 2, str(vae_dir.resolve()), 0.18215, ["cat", "dog"])
+    assert replace(facts, fingerprint=None) == DataFacts(4, 8, 2, str(vae_dir.resolve()), 0.18215, ["cat", "dog"])
+    assert facts.fingerprint == read_meta(extracted)["fingerprint"]
     # ema and mse share one encoder: latents may be decoded with the other decoder
     assert build_dataset(str(extracted), vae="mse")[1].vae == "stabilityai/sd-vae-ft-mse"
 

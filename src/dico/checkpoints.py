@@ -11,8 +11,11 @@ benchmarks and evaluation all go through it, and training resumes read their che
 import argparse
 import json
 import os
+import pickletools
 import re
 import tempfile
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,8 +44,12 @@ def resolve_source(source) -> Path:
             raise CheckpointError(f"{source} is a directory, not a checkpoint file")
         return path
     match = HUB_PATTERN.match(str(source))
-    if match is None or str(source).startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"checkpoint not found: {source}")
+    hub_like = match is not None and not str(source).startswith(("/", ".", "~"))
+    # A relative path whose first folder exists here (e.g. results/checkpoints/x.pt) is a local file, never a Hub id.
+    if hub_like and not str(source).startswith("hf://") and Path(str(source).split("/", 1)[0]).exists():
+        hub_like = False
+    if not hub_like:
+        raise FileNotFoundError(f"no such file: {source}")
     from huggingface_hub import hf_hub_download
 
     repo_id, filename = match.groups()
@@ -62,8 +69,14 @@ def read_safetensors(path: Path) -> dict:
         with safe_open(str(path), "pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable .safetensors file: {err}") from err
+    except (SafetensorError, OSError) as err:  # the library checks the header and that offsets fit the file
+        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated or corrupt?): {err}") from err
+    if "dico_crc32" in metadata:  # files we write carry a checksum per tensor; safetensors itself has none
+        expected = json.loads(metadata["dico_crc32"])
+        damaged = sorted(k for k, v in state.items() if expected.get(k) != tensor_crc32(v))
+        if damaged:
+            raise CheckpointError(f"{path} is damaged: tensor(s) {', '.join(damaged[:5])} fail their CRC-32 check; "
+                                  "the file was corrupted on disk or in transfer, download or copy it again")
     try:
         facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective")
                  if f"dico_{key}" in metadata}
@@ -72,19 +85,104 @@ def read_safetensors(path: Path) -> dict:
     return {"weights": state, "spec": None, **facts}
 
 
+def tensor_crc32(t: torch.Tensor) -> int:
+    return zlib.crc32(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy())
+
+
 def read_pickle(path: Path):
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy?")
+    if zipfile.is_zipfile(path):
+        verify_zip(path)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK":  # a zip archive without its directory at the end: cut short
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): a zip "
+                                  f"archive of {size} bytes without its central directory")
+        if head[:1] != b"\x80":  # every pickle since protocol 2, torch.save's legacy format included, starts so
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: neither a zip archive written by torch.save "
+                                  f"nor a pickle ({size} bytes starting {head.hex()})")
     try:
         # argparse.Namespace is the only non-tensor object official checkpoints hold (their "args").
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        lowered = text.lower()
+        refused = "global" in lowered or "unsupported class" in lowered or (
+            "unsupported operand" in lowered and well_formed_pickle(path))  # e.g. protocol 4 objects
+        if "weights only load failed" in lowered and refused:
+            detail = next((line for line in text.splitlines() if "global" in line.lower()), text.splitlines()[0])
             raise CheckpointError(
                 f"refused to load {path}: it holds Python objects beyond tensors and plain containers, which could "
-                f"run code when unpickled. Only weights are read. (detail: {text.splitlines()[0]})"
+                f"run code when unpickled. Only weights are read. (detail: {detail.strip()})"
             ) from err
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {err}") from err
+        detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {detail}") from err
+
+
+def well_formed_pickle(path: Path) -> bool:
+    """Whether a plain (non-zip) file parses as a pickle, without running it."""
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except Exception:  # any parse failure means: not a pickle
+        return False
+    return True
+
+
+def verify_zip(path: Path) -> None:
+    """Check every member of a torch.save archive against its CRC-32 (torch.load never does), naming the tensor
+    whose bytes are damaged."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is None:
+                return
+            owner = storage_owners(archive).get(bad.rsplit("/", 1)[-1]) if "/data/" in bad else None
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+        raise CheckpointError(f"{path} is damaged (truncated or corrupt archive): {err}") from err
+    what = f"tensor {owner!r} (member {bad})" if owner else f"member {bad}"
+    raise CheckpointError(f"{path} is damaged: {what} fails its CRC-32 check; the file was corrupted on disk or in "
+                          "transfer, download or copy it again")
+
+
+def storage_owners(archive: zipfile.ZipFile) -> dict:
+    """{storage key: name of the first tensor stored in it}, read from the archive's pickle without running it.
+
+    torch.save pickles each tensor as its dict key, then a persistent id ('storage', type, key, location, numel);
+    we follow the strings pushed (directly or from the memo) and read the key and the name before it.
+    """
+    pickle_name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+    if pickle_name is None:
+        return {}
+    strings, memo, owners, top = [], {}, {}, None
+    try:
+        for opcode, arg, _ in pickletools.genops(archive.read(pickle_name)):
+            name = opcode.name
+            if "UNICODE" in name or "STRING" in name:
+                top = arg
+                strings.append(arg)
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[arg] = top
+            elif name == "MEMOIZE":
+                memo[len(memo)] = top
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                top = memo.get(arg)
+                if isinstance(top, str):
+                    strings.append(top)
+            elif name == "BINPERSID" and len(strings) >= 4 and strings[-3] == "storage":
+                owners.setdefault(strings[-2], strings[-4])
+                top = None
+            else:
+                top = None
+    except (ValueError, zipfile.BadZipFile):  # a damaged pickle: name what we could
+        pass
+    return owners
 
 
 def strip_wrappers(state_dict: dict) -> dict:
@@ -198,31 +296,65 @@ def describe_spec(spec) -> str:
     return f"{name} ({extras})"
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> torch.nn.Module:
-    """load_state_dict(strict=True) with an error that names what differs and what the checkpoint looks like."""
-    state_dict = strip_wrappers(state_dict)
-    own = model.state_dict()
+def fit_errors(own: dict, state_dict: dict) -> list:
+    """What keeps `state_dict` from loading strictly into a model whose state has the shapes `own`."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape
+        for k in set(own) & set(state_dict) if tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
-    if missing or unexpected or shapes:
-        def head(items):
-            return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
 
-        lines = [f"{source} does not fit {getattr(model, 'name', type(model).__name__)}:"]
-        if shapes:
-            lines.append(f"  shape mismatches: {head(shapes)}")
-        if missing:
-            lines.append(f"  missing keys: {head(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys: {head(unexpected)}")
-        lines.append(f"  the checkpoint looks like {describe_spec(infer_spec(state_dict))}")
-        raise CheckpointError("\n".join(lines))
+    def head(items):
+        return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
+
+    return [f"  {what}: {head(items)}" for what, items in
+            (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)) if items]
+
+
+def mismatch_error(label: str, errors: list, state_dict: dict, source) -> CheckpointError:
+    lines = [f"{source} does not fit {label}:", *errors,
+             f"  the checkpoint looks like {describe_spec(infer_spec(state_dict))}"]
+    return CheckpointError("\n".join(lines))
+
+
+def model_label(model) -> str:
+    spec = getattr(model, "spec", None)
+    name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", None)
+    return name or type(model).__name__
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> torch.nn.Module:
+    """load_state_dict(strict=True) with an error that names what differs and what the checkpoint looks like."""
+    state_dict = strip_wrappers(state_dict)
+    errors = fit_errors(model.state_dict(), state_dict)
+    if errors:
+        raise mismatch_error(model_label(model), errors, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def build_checked(spec: dict, state_dict: dict, source) -> torch.nn.Module:
+    """Build `spec` only once its shapes are known to equal the weights', so a file's claims can never make us
+    allocate more than its own tensors need: the spec is first built on the meta device (no memory), after a
+    bound on its depth that keeps even that construction small."""
+    config = spec.get("config") if isinstance(spec, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: its model spec has no config")
+    depth = config.get("depth", 0)
+    blocks = sum(depth) if isinstance(depth, (list, tuple)) else depth
+    if not isinstance(blocks, int) or blocks < 0 or blocks > len(state_dict):  # every block has parameters
+        raise CheckpointError(f"{source}: its spec claims depth {depth}, but the file holds only "
+                              f"{len(state_dict)} tensors: not a consistent checkpoint")
+    try:
+        with torch.device("meta"):
+            shapes = build_model(spec).state_dict()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: its model spec is invalid: {err}") from err
+    errors = fit_errors(shapes, strip_wrappers(state_dict))
+    if errors:
+        raise mismatch_error(spec.get("name") or spec.get("arch", "its stored model spec"), errors, state_dict, source)
+    return build_model(spec)
 
 
 @dataclass
@@ -291,7 +423,7 @@ def load_pretrained(source, name: str | None = None, weights: str = "ema", image
         if space.vae is None:
             raise CheckpointError(f"{source} holds a pixel-space model: it has no VAE to replace")
         space.vae = resolve_vae(vae)
-    model = load_weights(build_model(spec), state, str(source)).eval()
+    model = load_weights(build_checked(spec, state, source), state, str(source)).eval()
     return Pretrained(model, space, stored_objective(ckpt), ckpt, str(source))
 
 
@@ -300,12 +432,20 @@ def load_model(source, name: str | None = None, weights: str = "ema", **override
     return load_pretrained(source, name, weights, **overrides).model
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a crash never leaves a half file."""
+    """torch.save to a temporary file in the same folder, fsync, then rename: a crash never leaves a half file.
+    The file gets the permissions the umask gives new files (mkstemp alone would make it private to us)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -315,6 +455,16 @@ def atomic_save(obj, path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(directory) -> list:
+    """Delete the temporary parts that saves killed mid-write left in `directory` (atomic_save's `.NAME.*.tmp`);
+    call it only where no save is under way. Returns what was removed."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def convert(source, out, weights: str = "ema") -> Path:
@@ -334,9 +484,11 @@ def convert(source, out, weights: str = "ema") -> Path:
     space = stored_space(ckpt)
     if space is not None:
         metadata["dico_space"] = json.dumps(asdict(space))
+    state = {k: v.contiguous() for k, v in state.items()}
+    metadata["dico_crc32"] = json.dumps({k: tensor_crc32(v) for k, v in state.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, out)
     return out
 

@@ -51,10 +51,11 @@ COMMANDS = {
 CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values, e.g. from --print-config; flags "
                      "typed win), --print-config (print the resolved options as YAML and exit) and --debug (show "
                      "tracebacks).")
-# Mistakes in what the user asked for: one line and exit 2. Anything else is a bug: a short note and exit 1
-# (dico.checkpoints.CheckpointError is a ValueError).
-INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                PermissionError)
+# What the user asked for cannot be done (bad values or files, a full disk, a diverging run): one line and exit 2.
+# Anything else is a bug: a short note and exit 1. dico.checkpoints.CheckpointError is a ValueError and
+# dico.training.NonFiniteError an ArithmeticError.
+INPUT_ERRORS = (ValueError, OSError, ArithmeticError)
+BUGS = (ZeroDivisionError,)
 
 
 @dataclass
@@ -125,6 +126,12 @@ def parse(name: str, args: list):
     return options, prepared, print_config
 
 
+def training_interrupted(err: Exception) -> bool:
+    """Whether `err` is dico.training.TrainingInterrupted (SIGINT/SIGTERM stopped a run after saving)."""
+    loop = sys.modules.get("dico.training.loop")  # only a loaded training loop raises it: no torch import here
+    return loop is not None and isinstance(err, loop.TrainingInterrupted)
+
+
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -155,7 +162,10 @@ def main(argv=None) -> int:
     except Exception as err:
         if debug:
             raise
-        if isinstance(err, INPUT_ERRORS):
+        if training_interrupted(err):  # a consistent checkpoint is saved: a message, not a traceback
+            print(f"dico {name}: {err}", file=sys.stderr)
+            return 128 + err.signum
+        if isinstance(err, INPUT_ERRORS) and not isinstance(err, BUGS):
             print(f"dico {name}: error: {err}", file=sys.stderr)
             return 2
         print(f"dico {name}: error: {type(err).__name__}: {err}\n(an unexpected error: rerun with dico --debug "

@@ -12,6 +12,33 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# PIL modes that `Image.convert("RGB")` maps correctly: 8-bit grey, bilevel, palette (with or without
+# transparency), colour with or without alpha (alpha is dropped, as torchvision's and ADM's loaders drop it).
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# Integer grey modes holding 16 significant bits (PNG and TIFF 16-bit grey): PIL's convert would clip them at 255.
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def read_rgb(path) -> Image.Image:
+    """An image file as 8-bit RGB whatever its mode: 16-bit grey is scaled to 8 bits (value / 257, rounded) instead
+    of saturating; modes with no faithful 8-bit RGB reading (floating point, 32-bit integer colour) are refused by
+    name. Errors are ValueErrors naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in SIXTEEN_BIT_MODES:
+                values = np.asarray(image, dtype=np.float64)
+                if values.max(initial=0) > 65535 or values.min(initial=0) < 0:
+                    raise ValueError(f"{mode} values outside 0..65535")
+                return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), "L").convert("RGB")
+            if mode not in EIGHT_BIT_MODES:
+                raise ValueError(f"pixel mode {mode!r} has no faithful 8-bit RGB reading; convert the file first")
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways of saying "bad file"
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, 3), as the official sampler quantises (127.5 x + 128, clamped).
 
@@ -41,7 +68,7 @@ def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2, scale: int = 1)
     return path
 
 
-def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray) -> Path:
+def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray, extra: dict | None = None) -> Path:
     """Write ADM's sample format (`arr_0` uint8 NHWC, `arr_1` int64 labels) chunk by chunk.
 
     `chunks` yields uint8 arrays of shape (k, *image_shape) adding up to `count` images; memory stays at one chunk
@@ -64,6 +91,9 @@ def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray) -> Path
                 written += len(chunk)
         with archive.open("arr_1.npy", "w") as f:
             np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+        for name, array in (extra or {}).items():  # more named arrays, e.g. how the samples were made
+            with archive.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(array))
     if written != count:
         os.unlink(tmp)
         raise ValueError(f"expected {count} images, got {written}")

@@ -3,9 +3,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, export_digits, load_digits_uint8
+from .digits import (DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, digits_fingerprint, export_digits,
+                     load_digits_uint8)
 from .extract import extract_latents
-from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, scan_image_folder
+from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, folder_fingerprint, scan_image_folder
 from .latents import LatentDataset, is_latent_dir, read_meta
 from .space import OutputSpace
 from .vae import LATENT_SCALE, VAE_ALIASES, decode_latents, encode_moments, load_vae, resolve_vae
@@ -21,6 +22,7 @@ class DataFacts:
     vae: str | None = None  # the VAE that decodes samples (latent data), else None (pixels)
     latent_scale: float = LATENT_SCALE
     class_names: list | None = None
+    fingerprint: str | None = None  # what a resumed run checks it is still training on
 
     @property
     def space(self) -> OutputSpace:
@@ -41,7 +43,9 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
     `dico extract-latents` -> its latents (4 x h x w, decoded by its VAE, or by `vae` if given: ema and mse share
     one encoder); an image folder -> pixels at `image_size` (with `vae`: an error asking to extract latents)."""
     if spec in (None, "digits"):
-        return DigitsDataset(), DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES)
+        dataset = DigitsDataset()
+        return dataset, DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES,
+                                  fingerprint=digits_fingerprint())
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"--data {spec}: no such directory; pass an image folder (root/<class>/<image> or "
@@ -54,12 +58,13 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None):
         if height != width:
             raise ValueError(f"{path}: latents of {height}x{width}; models train on square inputs")
         facts = DataFacts(channels, height, meta["num_classes"], resolve_vae(vae) if vae else meta["vae"],
-                          meta["scale"], meta["class_names"])
+                          meta["scale"], meta["class_names"], meta.get("fingerprint"))
         return dataset, facts
     if vae is not None:
         raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size, vae=vae))
     dataset = ImageFolderDataset(path, image_size=image_size, seed=seed)
-    return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names)
+    return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names,
+                              fingerprint=folder_fingerprint(dataset.root, dataset.paths, dataset.labels))
 
 
 __all__ = ["DataFacts", "OutputSpace", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",

@@ -7,6 +7,7 @@ keeps a laptop run to minutes (an upscaled 16x16 copy would cost 4x the compute 
 No flips: a mirrored digit is not a digit.
 """
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class DigitsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.images[index], self.labels[index]
+
+
+def digits_fingerprint() -> str:
+    images, labels = load_digits_uint8()
+    return hashlib.sha256(images.tobytes() + labels.astype("int64").tobytes()).hexdigest()
 
 
 def export_digits(path) -> Path:

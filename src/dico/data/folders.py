@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, read_rgb
 from ..randomness import PURPOSES, keyed_generator
 
 # The last word of an item's augmentation key, (seed, PURPOSES["data"], epoch, index, AUGMENT_DRAW): it keeps the
@@ -43,12 +43,34 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_under(directory: str) -> list:
-    """Image files below `directory`, recursively, in torchvision ImageFolder's order."""
-    found = []
-    for parent, _, names in sorted(os.walk(directory, followlinks=True)):
-        found.extend(os.path.join(parent, name) for name in sorted(names) if is_image_file(name))
+def _images_under(directory: str, seen: set) -> list:
+    """Image files below `directory`, recursively, in torchvision ImageFolder's order. Symbolic links are followed,
+    but every directory is entered once and every file taken once (by device and inode): a link loop or a second
+    link to the same images neither repeats nor relabels them. `seen` carries the files taken across classes."""
+    found, entered = [], set()
+    for parent, dirs, names in sorted(os.walk(directory, followlinks=True)):
+        identity = _identity(parent)
+        if identity in entered:
+            dirs[:] = []  # a loop or a second way into a directory already walked
+            continue
+        entered.add(identity)
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(parent, name)
+            identity = _identity(path)
+            if is_image_file(name) and identity is not None and identity not in seen:
+                seen.add(identity)
+                found.append(path)
     return found
+
+
+def _identity(path: str):
+    """(device, inode) of what `path` points to, or None for a dangling link."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def scan_image_folder(root) -> tuple:
@@ -70,9 +92,9 @@ def scan_image_folder(root) -> tuple:
     if loose:
         paths = [str(root / name) for name in loose]
         return paths, np.zeros(len(paths), dtype=np.int64), None
-    paths, labels = [], []
+    paths, labels, seen = [], [], set()
     for label, name in enumerate(classes):
-        found = _images_under(str(root / name))
+        found = _images_under(str(root / name), seen)
         if not found:
             raise FileNotFoundError(f"class folder {root / name} holds no images "
                                     f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -94,12 +116,7 @@ def folder_fingerprint(root, paths, labels) -> str:
 
 def load_image(path, size: int) -> torch.Tensor:
     """One image file as float32 (3, size, size) in [-1, 1], center-cropped; a clear error if it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports corrupt and truncated files through these
-        raise ValueError(f"cannot read image {path}: {err}") from err
-    pixels = np.asarray(center_crop_arr(image, size))
+    pixels = np.asarray(center_crop_arr(read_rgb(path), size))
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()
     return x.div_(255.0).sub_(0.5).div_(0.5)  # ToTensor + Normalize(0.5, 0.5), as the official transform
 

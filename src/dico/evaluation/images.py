@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, read_rgb
 
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _HASH_CHUNK = 16 << 20
@@ -154,16 +154,10 @@ def _iter_npz_batches(source: ImageSource, batch_size: int) -> Iterator[np.ndarr
 
 
 def _iter_folder_batches(source: ImageSource, batch_size: int) -> Iterator[np.ndarray]:
-    from PIL import Image
-
     for start in range(0, source.count, batch_size):
         batch = []
         for file in source.files[start : start + batch_size]:
-            try:
-                with Image.open(file) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except OSError as err:
-                raise ValueError(f"{file} is not a readable image: {err}") from err
+            pixels = np.asarray(read_rgb(file))
             if pixels.shape[:2] != (source.height, source.width):
                 raise ValueError(
                     f"{file} is {pixels.shape[1]}x{pixels.shape[0]} but {source.files[0].name} is "

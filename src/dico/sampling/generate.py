@@ -4,7 +4,9 @@ Image i's label, initial noise and per-step noise are keyed by (seed, i), so an 
 size, the number of processes, or whether the run was interrupted and resumed.
 """
 
+import hashlib
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import OutputSpace, decode_latents, load_vae
-from ..diffusion import create_diffusion, sample_loop
+from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
 from .deepcache import DeepCache
@@ -34,6 +36,27 @@ class SamplingOptions:
     cache_interval: int = 1  # DeepCache-style reuse of deep features every N steps (1 = off)
     cache_depth: int = 1  # how many outer levels are recomputed on cached steps (1 or 2)
     cache_guidance: bool = True  # cached guided steps reuse the guidance direction (run the cond half only)
+
+    def __post_init__(self):
+        """Every value checked before any work, each error naming the option and what it accepts."""
+        if self.method not in SAMPLING_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)}, got {self.method!r}")
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "cache_interval": self.cache_interval,
+                    "diffusion_steps": self.diffusion_steps}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("cfg_scale", self.cfg_scale), ("eta", self.eta)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.guidance_channels != "all" and (isinstance(self.guidance_channels, bool) or
+                                                not isinstance(self.guidance_channels, int) or
+                                                self.guidance_channels < 1):
+            raise ValueError(f"guidance_channels must be a positive integer or 'all', got {self.guidance_channels!r}")
+        if self.cache_depth not in (1, 2):
+            raise ValueError(f"cache_depth must be 1 or 2, got {self.cache_depth!r}")
 
 
 def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
@@ -98,6 +121,10 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
         z = decode_latents(vae, z, space.latent_scale)
+    bad = [i for i, ok in zip(indices, torch.isfinite(z).flatten(1).all(dim=1).tolist()) if not ok]
+    if bad:  # quantising NaN would write black images that look like results
+        raise FloatingPointError(f"the model produced non-finite values (NaN/inf) for {len(bad)} of {len(indices)} "
+                                 f"images (first indices {bad[:5]}); are the weights damaged or diverged?")
     return to_uint8(z)
 
 
@@ -122,6 +149,28 @@ def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, 
     return save_grid(images, path, nrow=per_class, scale=max(1, 32 // space.resolution))
 
 
+SETTINGS_KEY = "dico_settings"  # beside ADM's arr_0 / arr_1, which evaluators read by name
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the model's weights (names, dtypes, shapes, bytes): what a resumed sampling run must share."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def finished_settings(path) -> dict | None:
+    """The settings a finished .npz of ours was sampled with (None for other files)."""
+    try:
+        with np.load(path) as f:
+            return json.loads(str(f[SETTINGS_KEY])) if SETTINGS_KEY in f.files else None
+    except (OSError, ValueError):
+        return None
+
+
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
                   run_info: dict | None = None) -> Path | None:
@@ -135,16 +184,29 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     if out.suffix != ".npz":
         raise ValueError(f"--out must end in .npz, got {out}")
     parts = out.with_name(out.name + ".parts")
-    # Shards are named by batch, so the batch size is part of the settings a resumed run must share.
-    settings = {"num_samples": num_samples, "options": asdict(options), "classes": classes,
-                "space": asdict(space), **(run_info or {})}
+    # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
+    # are bound by content, not by the path they came from.
+    settings = json.loads(json.dumps({"num_samples": num_samples, "options": asdict(options), "classes": classes,
+                                      "space": asdict(space), "weights": weights_digest(model),
+                                      **(run_info or {})}))
+    if out.exists():
+        finished = finished_settings(out)
+        if finished == settings:
+            if rank == 0 and progress:
+                print(f"{out} is already complete with these settings")
+            return out if rank == 0 else None
+        raise ValueError(f"{out} already exists" + (" and was written with other settings" if finished else "") +
+                         "; choose another --out or remove it (it is never overwritten)")
     manifest = parts / "settings.json"
     parts.mkdir(parents=True, exist_ok=True)
     if manifest.exists():
         saved = json.loads(manifest.read_text())
-        if saved != json.loads(json.dumps(settings)):
+        if saved != settings:
             raise ValueError(f"{parts} holds an unfinished run with other settings; remove it or use its "
                              f"settings to resume:\n{json.dumps(saved, indent=1)}")
+        if rank == 0:  # shards a kill interrupted; no process writes one before the barrier below
+            for stale in parts.glob(".[0-9]*.tmp.npz"):
+                stale.unlink(missing_ok=True)
     else:  # every process writes the same text; the rename makes it atomic
         tmp = parts / f".settings.{rank}.tmp"
         tmp.write_text(json.dumps(settings, indent=1))
@@ -168,6 +230,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
     labels = image_labels(range(num_samples), model.num_classes, options.seed, classes).numpy()  # keyed: derivable
     image_shape = np.load(files[0])["images"].shape[1:]
-    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels)
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels,
+              extra={SETTINGS_KEY: np.array(json.dumps(settings))})
     shutil.rmtree(parts)
     return out

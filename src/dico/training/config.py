@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast
     grad_checkpointing: bool = False
+    skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
     log_every: int = 100

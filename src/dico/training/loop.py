@@ -8,6 +8,10 @@ batch is split over processes and accumulation rounds, and resuming from a check
 import contextlib
 import functools
 import json
+import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError, atomic_save, read_checkpoint
+from ..checkpoints import CheckpointError, atomic_save, read_checkpoint, remove_stale_temp_files
 from ..data import build_dataset
 from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
@@ -189,9 +193,60 @@ class RunLog:
             self.writer.close()
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run between two steps, after saving a consistent checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        saved = f"saved {checkpoint}; continue with --resume auto" if checkpoint else "nothing new to save"
+        super().__init__(f"interrupted by {name} after step {step}: {saved}")
+
+
+class NonFiniteError(ArithmeticError):
+    """The loss or the gradients stopped being finite numbers."""
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM (what schedulers such as SLURM or Kubernetes send before preemption) only
+    set a flag that the loop reads between steps, so the run stops at a consistent state and saves it. A second
+    SIGINT stops at once (KeyboardInterrupt), saving only if the state is consistent at that moment."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def all_finite(tensors) -> bool:
+    return bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).all())
+
+
 def train(config: TrainConfig, resume=None, device: str | None = None, progress: bool = True,
           write_grid: bool = True) -> Path:
-    """Train (or resume) a run; returns the path of the final checkpoint."""
+    """Train (or resume) a run; returns the path of the final checkpoint.
+
+    Nothing is written until the data, the model and the run settings have been checked, so a run that cannot start
+    leaves no results folder behind. SIGINT/SIGTERM save a consistent checkpoint and raise TrainingInterrupted; any
+    other error saves an emergency checkpoint when the state is consistent (never mid-update, never non-finite
+    weights); non-finite losses or gradients raise NonFiniteError naming the step (or skip up to
+    `config.skip_nonfinite` such steps).
+    """
     env = setup(device)
     results = Path(config.results_dir)
     point = resume_point(resume, results)
@@ -200,31 +255,39 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
         raise ValueError(f"{results} already holds checkpoints (newest: {existing.name}); continue "
                          "with --resume auto, or choose another --results-dir")
-    if env.main:
-        checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
+    if resume == "auto" and point is None and env.main:
+        print(f"--resume auto: no checkpoint in {checkpoint_dir(results)}, starting a fresh run")
     dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae)
     spec = model_spec(config.model, **{"in_channels": facts.in_channels, "num_classes": facts.num_classes,
                                        **config.model_overrides})
     if spec["arch"] == "dit":
         spec = model_spec(config.model, input_size=facts.resolution,
                           **{k: v for k, v in spec["config"].items() if k != "input_size"})
+    micro = config.micro_batch or config.global_batch // env.world
+    if micro < 1 or config.global_batch % (env.world * micro):
+        raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
+                         f"micro-batch ({micro})")
+    rounds = config.global_batch // (env.world * micro)
     torch.manual_seed(config.seed)  # identical initial weights on every process
     model = build_model(spec).to(env.device)
     ema = build_model(spec).to(env.device).requires_grad_(False).eval()
     ema.load_state_dict(model.state_dict())
     opt = adamw(model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-    start_step = 0
+    start_step, skipped = 0, 0
+    data_record = {"dataset_size": len(dataset), "fingerprint": facts.fingerprint}
     if point is not None:
         ckpt = point.checkpoint
         if ckpt["spec"] != spec:
             raise CheckpointError(f"{point.path} holds {ckpt['spec']}, but this run builds {spec}")
-        if ckpt["data"]["dataset_size"] != len(dataset):
-            raise CheckpointError(f"{point.path} was trained on {ckpt['data']['dataset_size']} samples, but "
-                                  f"{config.data or 'the digits'} holds {len(dataset)}: not the same data")
+        saved_data = {k: ckpt["data"].get(k, data_record[k]) for k in data_record}  # older files: size only
+        if saved_data != data_record:
+            raise CheckpointError(f"{point.path} was trained on other data ({saved_data['dataset_size']} samples, "
+                                  f"fingerprint {str(saved_data['fingerprint'])[:12]}) than {config.data or 'the digits'}"
+                                  f" ({len(dataset)} samples, fingerprint {str(facts.fingerprint)[:12]})")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
-        start_step = point.step
+        start_step, skipped = point.step, int(ckpt.get("skipped_steps", 0))
         if env.main:
             print(f"resumed from {point.path} at step {start_step}")
 
@@ -237,11 +300,6 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if env.world > 1:
         wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
 
-    micro = config.micro_batch or config.global_batch // env.world
-    if config.global_batch % (env.world * micro):
-        raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
-                         f"micro-batch ({micro})")
-    rounds = config.global_batch // (env.world * micro)
     batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
@@ -250,12 +308,22 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
     space = asdict(facts.space)
     objective = {"kind": "ddpm", "noise_schedule": config.noise_schedule, "diffusion_steps": config.diffusion_steps}
-    log = RunLog(results, env.main)
-    if env.main and point is None:
-        (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
 
-    def save(step: int) -> Path:
+    # Everything checked: from here on the run writes.
+    if env.main:
+        checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(checkpoint_dir(results))  # parts of saves a kill interrupted
+        if point is None:
+            (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
+    log = RunLog(results, env.main)
+
+    def save(step: int, sync: bool = True) -> Path:
+        """Write the state after `step` steps; `sync=False` (emergency saves) skips the barrier, which processes
+        that are not here would never reach. Non-finite weights are never written."""
         path = checkpoint_dir(results) / f"{step:07d}.pt"
+        if not all_finite(list(model.parameters()) + list(ema.parameters())):
+            raise NonFiniteError(f"the weights after step {step} are not finite; not saving them (the newest "
+                                 f"checkpoint stays the last good one)")
         if env.main:
             atomic_save({
                 "format": CHECKPOINT_FORMAT,
@@ -263,14 +331,16 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 "ema": ema.state_dict(),
                 "opt": opt.state_dict(),
                 "step": step,
+                "skipped_steps": skipped,
                 "spec": spec,
                 "space": space,
                 "config": asdict(config),
                 "objective": objective,
-                "data": {"dataset_size": len(dataset)},
+                "data": data_record,
                 "world": env.world,  # provenance: how many processes trained it
             }, path)
-        barrier()
+        if sync:
+            barrier()
         return path
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -278,53 +348,92 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and env.main), unit="step",
                dynamic_ncols=True)
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    last_path = None
+    last_path, saved_step = None, start_step
+    consistent = True  # step counter, weights, EMA and optimizer agree (false only while an update is applied)
     batch_iter = iter(loader)
     try:
-        while step < config.max_steps:
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(config, step)
-            opt.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=env.device)
-            for a in range(rounds):
-                x, y = next(batch_iter)
-                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-                keys = [(config.seed, step, p) for p in batches.positions(a)]
-                t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps,
-                                  env.device)
-                noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], env.device,
-                                    x.dtype)
-                if label_dropout > 0:
-                    drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
-                    y = torch.where(drop < label_dropout, facts.num_classes, y)
-                sync = a == rounds - 1 or env.world == 1
-                context = wrapped.no_sync() if not sync else contextlib.nullcontext()
-                with context, autocast:
-                    losses = diffusion.training_losses(wrapped, x, t, model_kwargs={"y": y}, noise=noise)
-                    loss = losses["loss"].float().mean() / rounds
-                with context:
-                    loss.backward()
-                step_loss += loss.detach()
-            opt.step()
-            update_ema(ema, model, config.ema_decay)
-            step += 1
-            window_loss += all_mean(step_loss).item()
-            window_steps += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "loss": window_loss / window_steps, "steps_per_s": window_steps / elapsed,
-                          "images_per_s": window_steps * config.global_batch / elapsed, "lr": learning_rate(config, step - 1)}
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if step % config.ckpt_every == 0 or step == config.max_steps:
-                last_path = save(step)
-    except KeyboardInterrupt:
-        if step > start_step:
-            path = save(step)
-            if env.main:
-                print(f"\ninterrupted: saved {path}; continue with --resume auto")
+        with StopSignals() as stop:
+            while step < config.max_steps:
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(config, step)
+                opt.zero_grad(set_to_none=True)
+                step_loss = torch.zeros((), device=env.device)
+                for a in range(rounds):
+                    x, y = next(batch_iter)
+                    x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                    keys = [(config.seed, step, p) for p in batches.positions(a)]
+                    t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps,
+                                      env.device)
+                    noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], env.device,
+                                        x.dtype)
+                    if label_dropout > 0:
+                        drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
+                        y = torch.where(drop < label_dropout, facts.num_classes, y)
+                    sync = a == rounds - 1 or env.world == 1
+                    context = wrapped.no_sync() if not sync else contextlib.nullcontext()
+                    with context, autocast:
+                        losses = diffusion.training_losses(wrapped, x, t, model_kwargs={"y": y}, noise=noise)
+                        loss = losses["loss"].float().mean() / rounds
+                    with context:
+                        loss.backward()
+                    step_loss += loss.detach()
+                # One collective per step: the mean loss, whether any process was asked to stop, and whether the
+                # (already all-reduced) gradients are finite, so every process takes the same decision.
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                flags = torch.stack([step_loss, torch.tensor(float(stop.received is not None), device=env.device),
+                                     torch.tensor(float(not all_finite(grads)), device=env.device)])
+                mean_loss, stop_asked, bad_grads = all_mean(flags).tolist()
+                if not math.isfinite(mean_loss) or bad_grads > 0:
+                    what = "loss" if not math.isfinite(mean_loss) else "gradients"
+                    if skipped >= config.skip_nonfinite:
+                        raise NonFiniteError(f"non-finite {what} at step {step + 1} (loss {mean_loss}); stopping. "
+                                             "Lower --lr, use --precision fp32, or allow skipping a few such steps "
+                                             "with --skip-nonfinite N")
+                    skipped += 1
+                    opt.zero_grad(set_to_none=True)
+                    if env.main:
+                        bar.write(f"step {step + 1}: non-finite {what}, step skipped ({skipped} of at most "
+                                  f"{config.skip_nonfinite})")
+                else:
+                    consistent = False
+                    opt.step()
+                    update_ema(ema, model, config.ema_decay)
+                step += 1
+                consistent = True
+                if math.isfinite(mean_loss):
+                    window_loss += mean_loss
+                    window_steps += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, "loss": window_loss / max(window_steps, 1),
+                              "steps_per_s": window_steps / elapsed,
+                              "images_per_s": window_steps * config.global_batch / elapsed,
+                              "lr": learning_rate(config, step - 1)}
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                if step % config.ckpt_every == 0 or step == config.max_steps:
+                    last_path, saved_step = save(step), step
+                # Alone, a signal that came during this step's update stops here; several processes stop together
+                # at the step after one of them was signalled (agreed through the collective above).
+                if stop_asked > 0 or (env.world == 1 and stop.received is not None):
+                    signum = stop.received or signal.SIGTERM  # another process received it
+                    path = save(step) if step > saved_step else last_path
+                    raise TrainingInterrupted(signum, step, path)
+    except (TrainingInterrupted, NonFiniteError):
+        raise
+    except BaseException as err:
+        # An error between steps (a bad image, a lost process, a second Ctrl-C while waiting for data) loses
+        # nothing done so far; one in the middle of an update saves nothing, since no state would be consistent.
+        if consistent and step > saved_step and env.main:
+            try:
+                path = save(step, sync=False)
+            except Exception as save_err:  # e.g. disk full: the original error is what the user needs to see
+                print(f"\ncould not save an emergency checkpoint: {save_err}", file=sys.stderr)
+            else:
+                print(f"\n{type(err).__name__} at step {step}: saved {path}; continue with --resume auto",
+                      file=sys.stderr)
         raise
     finally:
         bar.close()
