@@ -10,6 +10,7 @@ import time
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -329,24 +330,48 @@ def train_weights(results: Path) -> dict:
     return torch.load(final, map_location="cpu", weights_only=True)
 
 
-def test_a_runs_saved_config_file_reruns_it(tmp_path, capsys):
-    first, second = tmp_path / "first", tmp_path / "second"
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> Path:
+    """A tiny digits run started with flags."""
+    results = tmp_path_factory.mktemp("first")
     assert main(["train", "--model", "DiCo-Tiny", "--model-options", json.dumps(TINY), "--max-steps", "3",
-                 "--global-batch", "8", "--betas", "0.9,0.99", "--lr", "2e-3", "--results-dir", str(first),
+                 "--global-batch", "8", "--betas", "0.9,0.99", "--lr", "2e-3", "--results-dir", str(results),
                  "--grid-steps", "1", "--grid-classes", "2", "--grid-per-class", "1", "--no-progress"]) == 0
-    saved = yaml.safe_load((first / "config.yaml").read_text())
+    return results
+
+
+def test_a_runs_saved_config_file_reruns_it(first_run, tmp_path):
+    saved = yaml.safe_load((first_run / "config.yaml").read_text())
     assert saved["betas"] == [0.9, 0.99] and saved["lr"] == 2e-3 and saved["model_overrides"] == TINY
-    assert saved == json.loads((first / "config.json").read_text())["train"]
-    assert main(["train", "--config", str(first / "config.yaml"), "--results-dir", str(second),
+    assert saved == json.loads((first_run / "config.json").read_text())["train"]
+    second = tmp_path / "second"
+    assert main(["train", "--config", str(first_run / "config.yaml"), "--results-dir", str(second),
                  "--no-progress"]) == 0
-    a, b = train_weights(first), train_weights(second)
+    a, b = train_weights(first_run), train_weights(second)
     assert a["step"] == b["step"] == 3
     for which in ("model", "ema"):
         assert a[which].keys() == b[which].keys()
         assert all(torch.equal(a[which][k], b[which][k]) for k in a[which]), which
 
-    # Resuming: the checkpoint's configuration is the base, and only the flags typed change it.
-    options, prepared, _ = parse("train", ["--results-dir", str(first), "--resume", "auto", "--max-steps", "4"])
+
+def test_resuming_keeps_the_checkpoints_config_and_changes_only_what_is_typed(first_run):
+    saved = yaml.safe_load((first_run / "config.yaml").read_text())
+    options, prepared, _ = parse("train", ["--results-dir", str(first_run), "--resume", "auto", "--max-steps", "4"])
     assert prepared["resume"].path.name == "0000003.pt"
     assert options.train_config() == TrainConfig(**{**saved, "betas": (0.9, 0.99), "max_steps": 4})
     assert options.grid_per_class == 1 and options.lr == 2e-3  # not the demo preset's 8 and 1e-3
+
+
+def test_the_sample_command_is_a_library_function(first_run, tmp_path, capsys):
+    from dico.sampling import SampleConfig, sample
+
+    checkpoint = first_run / "checkpoints" / "0000003.pt"
+    config = SampleConfig(ckpt=str(checkpoint), out=str(tmp_path / "lib.npz"), steps=2, num_samples=3, classes=(4,))
+    with np.load(sample(config)) as library:
+        args = ["--ckpt", str(checkpoint), "--out", str(tmp_path / "cli.npz"), "--steps", "2", "--num-samples", "3",
+                "--classes", "4"]
+        assert parse("sample", args)[0] == dataclasses.replace(config, out=str(tmp_path / "cli.npz"))
+        assert main(["sample", *args]) == 0
+        with np.load(tmp_path / "cli.npz") as command:
+            np.testing.assert_array_equal(library["arr_0"], command["arr_0"])
+            assert list(command["arr_1"]) == [4, 4, 4]
