@@ -17,6 +17,7 @@ import yaml
 
 import dico
 from dico.cli import COMMANDS, main, parse
+from dico.sampling import SampleConfig
 from dico.training import TrainConfig, preset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -91,9 +92,11 @@ def flag_help(help: str) -> dict:
 def test_sample_help_shows_what_it_runs_by_default(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     entries = flag_help(help_text("sample", capsys))
-    for flag, default in [("--method", "ddpm"), ("--steps", "250"), ("--cfg-scale", "1.0"), ("--num-samples", "16"),
-                          ("--guidance-channels", "3"), ("--batch-size", "32"), ("--cache-guidance", "True")]:
+    for flag, default in [("--cfg-scale", "1.0"), ("--num-samples", "16"), ("--guidance-channels", "3"),
+                          ("--batch-size", "32"), ("--cache-guidance", "True")]:
         assert entries[flag].endswith(f"(default: {default})"), entries[flag]
+    # method and steps follow the checkpoint's objective: the help says what that means for each.
+    assert "None: ddpm for DDPM models" in entries["--method"] and "None: 250 for DDPM" in entries["--steps"]
     assert "--no-cache-guidance" in entries["--cache-guidance"] and entries["--ckpt"].endswith("(required)")
 
 
@@ -168,10 +171,15 @@ def test_todays_sample_flags_keep_their_names():
         "--ckpt c.pt --model DiCo-XL --weights model --image-size 512 --num-classes 1000 --vae mse --method ddim "
         "--steps 50 --eta 0.5 --cfg-scale 4 --guidance-channels all --classes 207,360 --num-samples 8 --out s.npz "
         "--nrow 4 --batch-size 2 --seed 7 --device cpu --cache-interval 3 --cache-depth 2 --no-cache-guidance"))
-    assert dataclasses.asdict(options) == dict(
+    assert options == SampleConfig(
         ckpt="c.pt", model="DiCo-XL", weights="model", image_size=512, num_classes=1000, vae="mse", method="ddim",
         steps=50, eta=0.5, cfg_scale=4.0, guidance_channels="all", classes=(207, 360), num_samples=8, out="s.npz",
         nrow=4, batch_size=2, seed=7, device="cpu", cache_interval=3, cache_depth=2, cache_guidance=False)
+    flow = parse("sample", shlex.split(
+        "--ckpt c --out o.png --sampler sde --method Heun --guidance-interval 0.1,0.9 --atol 1e-5 --rtol 1e-4 "
+        "--shift 3 --diffusion-form SBDM --diffusion-norm 2 --last-step None --last-step-size 0.1"))[0]
+    assert (flow.sampler, flow.method, flow.guidance_interval, flow.shift, flow.diffusion_form, flow.last_step) == (
+        "sde", "Heun", (0.1, 0.9), 3.0, "SBDM", None)
     assert parse("sample", ["--ckpt", "c", "--out", "o.png", "--guidance-channels", "4"])[0].guidance_channels == 4
 
 
@@ -207,15 +215,28 @@ def test_bad_values_are_refused_by_the_parser():
 
 # ------------------------------------------------------------------------------- the dataclasses behind the flags
 def test_sample_config_holds_every_sampling_option_with_its_default():
-    from dico.diffusion import SAMPLING_METHODS
     from dico.sampling import SampleConfig, SamplingOptions
+    from dico.transport import DIFFUSION_FORMS
+    from dico.transport.sampler import LAST_STEPS
 
     sample = {f.name: f for f in dataclasses.fields(SampleConfig)}
     from_objective = {"noise_schedule", "diffusion_steps"}  # what the checkpoint was trained with
     for f in dataclasses.fields(SamplingOptions):
         if f.name not in from_objective:
             assert sample[f.name].default == f.default, f.name
-    assert typing.get_args(typing.get_type_hints(SampleConfig)["method"]) == SAMPLING_METHODS
+    hints = typing.get_type_hints(SampleConfig)
+    assert typing.get_args(hints["diffusion_form"]) == DIFFUSION_FORMS
+    assert {*typing.get_args(typing.get_args(hints["last_step"])[0]), None} == set(LAST_STEPS)
+
+
+def test_train_config_choices_are_the_transports():
+    from dico.transport import LOSS_WEIGHTS, PATHS, PREDICTIONS, TIME_SAMPLINGS
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert typing.get_args(hints["path"]) == tuple(PATHS)
+    assert typing.get_args(hints["prediction"]) == PREDICTIONS
+    assert typing.get_args(hints["time_sampling"]) == TIME_SAMPLINGS
+    assert {*typing.get_args(typing.get_args(hints["loss_weight"])[0]), None} == set(LOSS_WEIGHTS)
 
 
 def test_bench_command_holds_every_bench_config_field_with_its_default():
@@ -255,7 +276,7 @@ def test_print_config_round_trips_through_a_config_file(tmp_path, capsys):
     assert main(["sample", *args, "--print-config"]) == 0
     printed = capsys.readouterr().out
     values = yaml.safe_load(printed)
-    assert values["method"] == "ddpm" and values["steps"] == 250 and values["classes"] == [1, 2]
+    assert values["method"] is None and values["guidance_interval"] == [0.0, 1.0] and values["classes"] == [1, 2]
     assert values["cfg_scale"] == 4.0 and values["cache_guidance"] is False
     path = tmp_path / "sample.yaml"
     path.write_text(printed)

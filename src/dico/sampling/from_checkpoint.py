@@ -11,13 +11,10 @@ from .config import SampleConfig
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
-def sampling_options(config: SampleConfig, objective: dict) -> SamplingOptions:
-    """The options of the sampler: the config's fields of the same names; the noise schedule is the one the
-    checkpoint was trained with."""
+def sampling_options(config: SampleConfig) -> SamplingOptions:
+    """The config's fields of SamplingOptions (the rest, the DDPM process, comes from the checkpoint's objective)."""
     given = {f.name for f in fields(config)}
-    options = {f.name: getattr(config, f.name) for f in fields(SamplingOptions) if f.name in given}
-    schedule = {k: objective[k] for k in ("noise_schedule", "diffusion_steps") if k in objective}
-    return SamplingOptions(**options, **schedule)
+    return SamplingOptions(**{f.name: getattr(config, f.name) for f in fields(SamplingOptions) if f.name in given})
 
 
 def sample(config: SampleConfig) -> Path | None:
@@ -26,6 +23,7 @@ def sample(config: SampleConfig) -> Path | None:
     out = Path(config.out)
     if out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {out}")
+    options = sampling_options(config)  # checked before any work
     env = setup(config.device)
     loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,
                              config.num_classes)
@@ -33,16 +31,16 @@ def sample(config: SampleConfig) -> Path | None:
     classes = list(config.classes) if config.classes else None
     if classes and any(not 0 <= c < model.num_classes for c in classes):
         raise ValueError(f"--classes must lie in [0, {model.num_classes}), got {classes}")
-    options = sampling_options(config, loaded.objective)
     path = None
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, config.num_samples, options, classes, env.rank, env.world,
-                             env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)})
+                             env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
+                             objective=loaded.objective)
     elif env.main:
         indices = list(range(config.num_samples))
         labels = image_labels(indices, model.num_classes, config.seed, classes)
         images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
-                          progress=True)
+                          progress=True, objective=loaded.objective)
         path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))))
     teardown()
     return path

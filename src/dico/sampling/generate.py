@@ -19,38 +19,64 @@ from ..data import OutputSpace, decode_latents, load_vae
 from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
+from ..transport import FlowObjective
+from ..transport import sample_loop as transport_sample_loop
 from .deepcache import DeepCache
 
 
 @dataclass
 class SamplingOptions:
-    method: str = "ddpm"  # "ddpm" | "ddim" | "dpm++2m" | "dpm++3m"
-    steps: int = 250
+    """How to sample. `method` and `steps` default to what the model's objective calls for: DDPM models ancestral
+    sampling over 250 steps (the official protocol), flow models dopri5 over 50 time points (ODE) or Euler over 250
+    steps (SDE), as SiT's sample.py."""
+
+    method: str | None = None  # DDPM: ddpm | ddim | dpm++2m | dpm++3m; flow ODE: a torchdiffeq method; SDE: Euler|Heun
+    steps: int | None = None  # model calls (DDPM) or time points (flow)
     cfg_scale: float = 1.0
     guidance_channels: int | str = 3  # official: the first 3 channels; "all": every noise channel
+    guidance_interval: tuple = (0.0, 1.0)  # guide only while the time t (0 = noise, 1 = data) lies in [lo, hi]
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 32
-    noise_schedule: str = "linear"
+    noise_schedule: str = "linear"  # DDPM checkpoints' process (read from the checkpoint by dico sample)
     diffusion_steps: int = 1000
+    sampler: str = "ode"  # flow models: "ode" or "sde"
+    atol: float = 1e-6  # flow ODE, adaptive methods
+    rtol: float = 1e-3
+    shift: float = 1.0  # flow: timestep shift of the integration grid (LightningDiT/SD3); 1 = none
+    diffusion_form: str = "sigma"  # flow SDE: SiT's diffusion coefficient form
+    diffusion_norm: float = 1.0
+    last_step: str | None = "Mean"  # flow SDE: SiT's last step (Mean | Tweedie | Euler | None)
+    last_step_size: float = 0.04
     cache_interval: int = 1  # DeepCache-style reuse of deep features every N steps (1 = off)
     cache_depth: int = 1  # how many outer levels are recomputed on cached steps (1 or 2)
     cache_guidance: bool = True  # cached guided steps reuse the guidance direction (run the cond half only)
 
     def __post_init__(self):
         """Every value checked before any work, each error naming the option and what it accepts."""
-        if self.method not in SAMPLING_METHODS:
-            raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)}, got {self.method!r}")
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "cache_interval": self.cache_interval,
+        self.guidance_interval = tuple(self.guidance_interval)
+        positive = {"batch_size": self.batch_size, "cache_interval": self.cache_interval,
                     "diffusion_steps": self.diffusion_steps}
+        if self.steps is not None:
+            positive["steps"] = self.steps
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("cfg_scale", self.cfg_scale), ("eta", self.eta)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+        numbers = (("cfg_scale", self.cfg_scale), ("eta", self.eta), ("atol", self.atol), ("rtol", self.rtol),
+                   ("shift", self.shift), ("diffusion_norm", self.diffusion_norm),
+                   ("last_step_size", self.last_step_size), *(("guidance_interval", v) for v in self.guidance_interval))
+        for name, value in numbers:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if min(self.atol, self.rtol, self.shift) <= 0:
+            raise ValueError(f"atol, rtol and shift must be > 0, got {self.atol}, {self.rtol}, {self.shift}")
+        lo, hi = (self.guidance_interval + (None, None))[:2] if len(self.guidance_interval) == 2 else (None, None)
+        if lo is None or not 0 <= lo <= hi <= 1:
+            raise ValueError(f"guidance_interval must be two numbers 0 <= lo <= hi <= 1, got {self.guidance_interval}")
+        if self.sampler not in ("ode", "sde"):
+            raise ValueError(f"sampler must be 'ode' or 'sde', got {self.sampler!r}")
         if self.guidance_channels != "all" and (isinstance(self.guidance_channels, bool) or
                                                 not isinstance(self.guidance_channels, int) or
                                                 self.guidance_channels < 1):
@@ -87,13 +113,43 @@ def guided_model(model, options: SamplingOptions):
     return guided
 
 
+def interval_guided(model, options: SamplingOptions, flow_time):
+    """The sampler's callable with guidance only while the time lies in options.guidance_interval (Kynkaanniemi et
+    al. 2024): outside it, the conditional half alone runs and stands for both halves. `flow_time(t)` maps the
+    model's time argument to [0, 1] with 0 = noise, 1 = data."""
+    guided = guided_model(model, options)
+    lo, hi = options.guidance_interval
+    if options.cfg_scale == 1.0 or (lo, hi) == (0.0, 1.0):
+        return guided
+
+    def fn(x, t, y):
+        if lo <= flow_time(float(t.flatten()[0])) <= hi:
+            return guided(x, t, y)
+        n = len(x) // 2
+        out = model(x[:n], t[:n], y[:n])
+        return torch.cat([out, out])
+
+    return fn
+
+
+def sampler_callable(model, options: SamplingOptions, flow_time):
+    if options.cache_interval > 1:
+        if tuple(options.guidance_interval) != (0.0, 1.0):
+            raise ValueError("DeepCache (cache_interval > 1) and a guidance interval cannot be combined")
+        return DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
+                         guidance_channels(model, options), options.cache_guidance)
+    return interval_guided(model, options, flow_time)
+
+
 @torch.no_grad()
 def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: SamplingOptions, device=None,
-             vae=None, progress: bool = False) -> np.ndarray:
-    """Sample the images with the given indices and labels; uint8 (N, H, W, 3)."""
+             vae=None, progress: bool = False, objective: dict | None = None) -> np.ndarray:
+    """Sample the images with the given indices and labels; uint8 (N, H, W, 3). `objective` (what the checkpoint
+    records; default the official DDPM) picks the sampler: iDDPM's for "ddpm", SiT's transport for "flow"."""
     device = torch.device(device or next(model.parameters()).device)
     if options.cfg_scale != 1.0 and model.y_embedder.tables[0].num_embeddings <= model.num_classes:
         raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class)")
+    kind = (objective or {}).get("kind", "ddpm")
     shape = (space.channels, space.resolution, space.resolution)
     noise = keyed_randn([(options.seed, PURPOSES["sample_init"], i) for i in indices], shape, device)
     labels = labels.to(device)
@@ -106,15 +162,28 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
     if doubled:
         noise = torch.cat([noise, noise])
         labels = torch.cat([labels, torch.full_like(labels, model.num_classes)])
-    diffusion = create_diffusion("", noise_schedule=options.noise_schedule, learn_sigma=model.learn_sigma,
-                                 diffusion_steps=options.diffusion_steps)
-    if options.cache_interval > 1:
-        fn = DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
-                       guidance_channels(model, options), options.cache_guidance)
+    if kind == "flow":
+        transport = FlowObjective.from_dict(objective).transport()
+        fn = sampler_callable(model, options, flow_time=lambda t: t)
+        z = transport_sample_loop(transport, fn, noise, sampler=options.sampler, method=options.method,
+                                  num_steps=options.steps, atol=options.atol, rtol=options.rtol, shift=options.shift,
+                                  diffusion_form=options.diffusion_form, diffusion_norm=options.diffusion_norm,
+                                  last_step=options.last_step, last_step_size=options.last_step_size,
+                                  step_noise=step_noise, model_kwargs={"y": labels})
+    elif kind == "ddpm":
+        schedule, steps = objective or {}, options.diffusion_steps
+        diffusion = create_diffusion("", noise_schedule=schedule.get("noise_schedule", options.noise_schedule),
+                                     learn_sigma=model.learn_sigma,
+                                     diffusion_steps=schedule.get("diffusion_steps", steps))
+        method = options.method or "ddpm"
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)} for a DDPM model, got {method!r}")
+        fn = sampler_callable(model, options, flow_time=lambda t: 1.0 - t / diffusion.num_timesteps)
+        z = sample_loop(diffusion, fn, noise.shape, method=method, steps=options.steps or 250, eta=options.eta,
+                        noise=noise, step_noise=step_noise, model_kwargs={"y": labels}, device=device,
+                        progress=progress)
     else:
-        fn = guided_model(model, options)
-    z = sample_loop(diffusion, fn, noise.shape, method=options.method, steps=options.steps, eta=options.eta,
-                    noise=noise, step_noise=step_noise, model_kwargs={"y": labels}, device=device, progress=progress)
+        raise ValueError(f"unknown objective {kind!r} (known: ddpm, flow)")
     if doubled:
         z = z[: len(indices)]
     if space.vae is not None:
@@ -135,7 +204,8 @@ def load_vae_for(space: OutputSpace, device):
 
 
 def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, steps: int = 50,
-                     cfg_scale: float = 1.0, seed: int = 0, device=None, method: str = "ddpm") -> Path:
+                     cfg_scale: float = 1.0, seed: int = 0, device=None, method: str | None = None,
+                     objective: dict | None = None) -> Path:
     """A PNG grid with one row per class (the first `classes` classes), `per_class` samples each."""
     space = facts.space
     rows = min(classes, facts.num_classes) if facts.num_classes else 1  # unconditional: one row of label 0
@@ -144,7 +214,8 @@ def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, 
     options = SamplingOptions(method=method, steps=steps, cfg_scale=cfg_scale if facts.num_classes else 1.0, seed=seed)
     was_training = model.training
     model.eval()
-    images = generate(model, space, indices, labels, options, device, vae=load_vae_for(space, device))
+    images = generate(model, space, indices, labels, options, device, vae=load_vae_for(space, device),
+                      objective=objective)
     model.train(was_training)
     return save_grid(images, path, nrow=per_class, scale=max(1, 32 // space.resolution))
 
@@ -173,7 +244,7 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None) -> Path | None:
+                  run_info: dict | None = None, objective: dict | None = None) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -187,7 +258,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.
     settings = json.loads(json.dumps({"num_samples": num_samples, "options": asdict(options), "classes": classes,
-                                      "space": asdict(space), "weights": weights_digest(model),
+                                      "space": asdict(space), "objective": objective,
+                                      "weights": weights_digest(model),
                                       **(run_info or {})}))
     if out.exists():
         finished = finished_settings(out)
@@ -220,7 +292,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
         indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
         labels = image_labels(indices, model.num_classes, options.seed, classes)
-        images = generate(model, space, indices, labels, options, device, vae=vae)
+        images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
         tmp = parts / f".{k:06d}.tmp.npz"
         np.savez(tmp, images=images)
         tmp.replace(parts / f"{k:06d}.npz")

@@ -37,8 +37,18 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast
     grad_checkpointing: bool = False
     skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
-    diffusion_steps: int = 1000
-    noise_schedule: str = "linear"
+    diffusion_steps: int = 1000  # ddpm: diffusion timesteps
+    noise_schedule: str = "linear"  # ddpm: beta schedule
+    objective: Literal["ddpm", "flow"] = "ddpm"
+    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the options below)."""
+    path: Literal["Linear", "GVP", "VP"] = "Linear"  # flow: the interpolation path
+    prediction: Literal["velocity", "noise", "score"] = "velocity"  # flow: what the model predicts
+    loss_weight: Literal["velocity", "likelihood"] | None = None  # flow, noise/score prediction: loss weighting
+    train_eps: float | None = None  # flow: None = SiT's default for the path and prediction
+    sample_eps: float | None = None  # flow: None = SiT's default for the path and prediction
+    time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times (SD3 / LightningDiT)
+    logit_mean: float = 0.0  # flow, logit-normal times: mean
+    logit_std: float = 1.0  # flow, logit-normal times: standard deviation
     log_every: int = 100
     ckpt_every: int = 50_000
     num_workers: int = 4

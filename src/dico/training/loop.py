@@ -29,6 +29,7 @@ from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
 from ..sampling import write_class_grid
+from ..transport import FlowObjective
 from .config import TrainConfig
 from .optim import adamw
 
@@ -233,6 +234,33 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+def training_objective(config: TrainConfig, spec: dict):
+    """(what checkpoints record as the objective, per-sample losses(model, x, y, keys)) of the run's objective:
+    the official iDDPM ("ddpm") or flow matching as SiT ("flow"). Every draw is keyed by (seed, step, position),
+    so neither depends on how the global batch is split."""
+    if config.objective == "flow":
+        flow = FlowObjective(config.path, config.prediction, config.loss_weight, config.train_eps, config.sample_eps,
+                             config.time_sampling, config.logit_mean, config.logit_std)
+        transport = flow.transport()
+
+        def flow_losses(model, x, y, keys):
+            return transport.training_losses(model, x, {"y": y}, keys=keys)["loss"]
+
+        return flow.to_dict(), flow_losses
+    if config.objective != "ddpm":
+        raise ValueError(f"objective must be 'ddpm' or 'flow', got {config.objective!r}")
+    diffusion = create_diffusion("", noise_schedule=config.noise_schedule, learn_sigma=spec["config"]["learn_sigma"],
+                                 diffusion_steps=config.diffusion_steps)
+
+    def ddpm_losses(model, x, y, keys):
+        t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps, x.device)
+        noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], x.device, x.dtype)
+        return diffusion.training_losses(model, x, t, model_kwargs={"y": y}, noise=noise)["loss"]
+
+    ddpm = {"kind": "ddpm", "noise_schedule": config.noise_schedule, "diffusion_steps": config.diffusion_steps}
+    return ddpm, ddpm_losses
+
+
 def all_finite(tensors) -> bool:
     return bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).all())
 
@@ -303,11 +331,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
-    diffusion = create_diffusion("", noise_schedule=config.noise_schedule, learn_sigma=spec["config"]["learn_sigma"],
-                                 diffusion_steps=config.diffusion_steps)
+    objective, losses_of = training_objective(config, spec)
     # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
     space = asdict(facts.space)
-    objective = {"kind": "ddpm", "noise_schedule": config.noise_schedule, "diffusion_steps": config.diffusion_steps}
 
     # Everything checked: from here on the run writes.
     if env.main:
@@ -362,18 +388,13 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     x, y = next(batch_iter)
                     x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
                     keys = [(config.seed, step, p) for p in batches.positions(a)]
-                    t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps,
-                                      env.device)
-                    noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], env.device,
-                                        x.dtype)
                     if label_dropout > 0:
                         drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
                         y = torch.where(drop < label_dropout, facts.num_classes, y)
                     sync = a == rounds - 1 or env.world == 1
                     context = wrapped.no_sync() if not sync else contextlib.nullcontext()
                     with context, autocast:
-                        losses = diffusion.training_losses(wrapped, x, t, model_kwargs={"y": y}, noise=noise)
-                        loss = losses["loss"].float().mean() / rounds
+                        loss = losses_of(wrapped, x, y, keys).float().mean() / rounds
                     with context:
                         loss.backward()
                     step_loss += loss.detach()
@@ -443,7 +464,8 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if write_grid and env.main and last_path is not None:
         grid = write_class_grid(ema, facts, results / "samples.png", classes=config.grid_classes,
                                 per_class=config.grid_per_class, steps=config.grid_steps,
-                                cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device)
+                                cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device,
+                                objective=objective)
         print(f"sample grid (one row per class): {grid}")
     barrier()
     teardown()

@@ -1,0 +1,86 @@
+"""Flow matching in the trainer and the sampler: the objective travels in the checkpoint, resume stays exact, and
+`dico sample` picks the transport's sampler with no extra flag."""
+
+import numpy as np
+import pytest
+import torch
+
+import dico
+from dico.checkpoints import load_pretrained
+from dico.cli import main as cli
+from dico.data import OutputSpace
+from dico.sampling import SamplingOptions, generate
+from dico.training import preset, train
+from dico.transport import FlowObjective
+
+TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
+
+
+def flow_config(results, **overrides):
+    base = dict(model="DiCo-Tiny", model_overrides=TINY, results_dir=str(results), max_steps=4, global_batch=8,
+                log_every=2, ckpt_every=2, num_workers=0, lr=1e-3, ema_decay=0.9, objective="flow",
+                time_sampling="logit-normal")
+    return preset("demo", **{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("flow")
+    return train(flow_config(results), progress=False, write_grid=False)
+
+
+def test_the_checkpoint_records_the_flow_objective(flow_run):
+    loaded = load_pretrained(flow_run)
+    assert loaded.objective == {"kind": "flow", "path": "Linear", "prediction": "velocity", "loss_weight": None,
+                                "train_eps": None, "sample_eps": None, "time_sampling": "logit-normal",
+                                "logit_mean": 0.0, "logit_std": 1.0}
+
+
+def test_flow_resume_is_exact(flow_run, tmp_path):
+    train(flow_config(tmp_path, max_steps=2), progress=False, write_grid=False)
+    resumed = train(flow_config(tmp_path), resume="auto", progress=False, write_grid=False)
+    for which in ("model", "ema"):
+        a, b = dico.load_checkpoint(resumed, which), dico.load_checkpoint(flow_run, which)
+        assert all(torch.equal(a[k], b[k]) for k in a), which
+
+
+def test_flow_and_ddpm_runs_differ(flow_run, tmp_path):
+    ddpm = train(flow_config(tmp_path, objective="ddpm"), progress=False, write_grid=False)
+    a, b = dico.load_checkpoint(ddpm, "model"), dico.load_checkpoint(flow_run, "model")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sample_picks_the_transport_with_no_extra_flag(flow_run, tmp_path, capsys):
+    out = tmp_path / "flow.npz"
+    assert cli(["sample", "--ckpt", str(flow_run), "--method", "euler", "--steps", "5", "--num-samples", "4",
+                "--cfg-scale", "2", "--classes", "1,2,3,4", "--out", str(out)]) == 0
+    loaded = load_pretrained(flow_run)
+    labels = torch.tensor([1, 2, 3, 4])
+    options = SamplingOptions(method="euler", steps=5, cfg_scale=2.0)
+    flow = generate(loaded.model, loaded.space, range(4), labels, options, objective=loaded.objective)
+    with np.load(out) as f:
+        assert np.array_equal(f["arr_0"], flow)
+    ddpm = generate(loaded.model, loaded.space, range(4), labels, SamplingOptions(steps=5, cfg_scale=2.0))
+    assert not np.array_equal(ddpm, flow)
+    with pytest.raises(ValueError, match="DDPM model"):
+        generate(loaded.model, loaded.space, range(1), labels[:1], options)  # euler is no DDPM method
+
+
+def test_guidance_interval_switches_guidance_off_outside():
+    torch.manual_seed(0)
+    model = dico.create_model("DiCo-Tiny", in_channels=1, num_classes=10, **TINY).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # labels matter, so guidance shows
+    space, objective = OutputSpace(8, 1), FlowObjective().to_dict()
+    labels = torch.tensor([3, 5])
+    base = dict(method="euler", steps=6, cfg_scale=3.0, seed=1)
+
+    def sample(**changes):
+        return generate(model, space, range(2), labels, SamplingOptions(**{**base, **changes}), objective=objective)
+
+    full, none = sample(), sample(cfg_scale=1.0)
+    assert not np.array_equal(full, none)
+    assert np.array_equal(sample(guidance_interval=(0.999, 1.0)), none)  # no grid time inside: never guided
+    assert not np.array_equal(sample(guidance_interval=(0.0, 0.5)), full)  # guided on the noisy half only
+    with pytest.raises(ValueError, match="guidance_interval"):
+        SamplingOptions(guidance_interval=(0.8, 0.2))
