@@ -4,6 +4,10 @@ Encoding costs one VAE forward per image per step if done while training, more t
 official release therefore extracts once. Unlike it, we store the posterior (mean, std) rather than one sampled
 latent, so training still sees a fresh latent at every visit.
 
+With a REPA encoder (`repa_encoder`), the encoder's patch tokens of the same two images are stored too
+(repa_features.npy, float16), so training never runs the encoder. At the end, the per-channel statistics of the
+latents are measured from the stored moments and written to meta.json.
+
 Work split: the images not yet done are cut into batches in index order and batch k goes to process k % world.
 Each process writes its rows of the shared memory-mapped arrays and marks them in done.npy after each batch, so an
 interrupted run (any number of processes) resumes where it stopped, with the same batches and so the same bytes.
@@ -21,12 +25,15 @@ from tqdm import tqdm
 
 from ..distributed import barrier, setup
 from .folders import ImageFolderDataset, folder_fingerprint
-from .latents import (DONE, LATENT_FORMAT, META, PLAN, STORAGE_DTYPES, create_latent_files, open_done,
-                      open_moments, read_meta, write_json_atomic)
-from .vae import LATENT_SCALE, encode_moments, load_vae, resolve_vae
+from .latents import (DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES, channel_statistics,
+                      create_latent_files, create_repa_files, open_done, open_moments, open_repa_features, read_meta,
+                      write_json_atomic)
+from .vae import LATENT_SCALE, encode_moments, is_sd_vae, load_vae, resolve_vae
 
 # Settings an interrupted extraction must share with the run that resumes it.
-PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint")
+REPA_KEYS = ("repa_encoder", "repa_shape")
+PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", *REPA_KEYS)
+REPA_LAYOUT = "repa_features[image, flip (0 as is, 1 mirrored), token (row-major grid), feature]"
 
 
 def latent_shape_of(vae, image_size: int) -> list:
@@ -37,13 +44,17 @@ def latent_shape_of(vae, image_size: int) -> list:
 
 
 def _check_plan(out: Path, plan: dict) -> str:
-    """'done' if `out` holds this finished extraction, 'resume' if an unfinished one, 'new' if nothing; an error
-    if it holds a different one. Every process runs this check, so all of them fail alike."""
+    """'done' if `out` holds this finished extraction, 'resume' if an unfinished one, 'new' if nothing, 'tokens' if
+    a finished one without encoder tokens that this run adds; an error if it holds a different one. Every process
+    runs this check, so all of them fail alike."""
     wanted = {k: plan[k] for k in PLAN_KEYS}
     for name, state in ((META, "done"), (PLAN, "resume")):
         if (out / name).is_file():
             saved = read_meta(out) if name == META else json.loads((out / PLAN).read_text())
             saved = {k: saved.get(k) for k in PLAN_KEYS}
+            if state == "done" and saved["repa_encoder"] is None and wanted["repa_encoder"] is not None and all(
+                    saved[k] == wanted[k] for k in PLAN_KEYS if k not in REPA_KEYS):
+                return "tokens"
             if saved != wanted:
                 changed = {k: (saved[k], wanted[k]) for k in PLAN_KEYS if saved[k] != wanted[k]}
                 raise ValueError(f"{out} holds {'an' if state == 'done' else 'an unfinished'} extraction with other "
@@ -52,26 +63,35 @@ def _check_plan(out: Path, plan: dict) -> str:
     return "new"
 
 
-def _write_batch(moments, done, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> None:
+def _write_rows(array, rows: np.ndarray, block: torch.Tensor) -> None:
+    # cast where the values are (the GPU): half the bytes to copy when storing float16
+    block = block.to(getattr(torch, array.dtype.name)).contiguous().cpu().numpy()
+    if rows[-1] - rows[0] == len(rows) - 1:  # the usual case: a slice writes straight through the page cache
+        array[rows[0]:rows[-1] + 1] = block
+    else:
+        array[rows] = block
+    array.flush()  # the rows reach the file before they are marked done
+
+
+def _write_batch(moments, done, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor, features=None,
+                 tokens: torch.Tensor | None = None) -> None:
     n = len(rows)
     # (2n, C, h, w) x2 with the mirrored images second -> (n, flip, (mean, std), C, h, w)
-    block = torch.stack([mean, std], dim=1).unflatten(0, (2, n)).transpose(0, 1)
-    # cast where the moments are (the GPU): half the bytes to copy when storing float16
-    block = block.to(getattr(torch, moments.dtype.name)).contiguous().cpu().numpy()
-    contiguous = rows[-1] - rows[0] == n - 1
-    if contiguous:  # the usual case: a slice writes straight through the page cache
-        moments[rows[0]:rows[-1] + 1] = block
-    else:
-        moments[rows] = block
-    moments.flush()  # the rows reach the file before they are marked done
+    _write_rows(moments, rows, torch.stack([mean, std], dim=1).unflatten(0, (2, n)).transpose(0, 1))
+    if features is not None:  # (2n, T, D) -> (n, flip, T, D)
+        _write_rows(features, rows, tokens.unflatten(0, (2, n)).transpose(0, 1))
     done[rows] = True
     done.flush()
 
 
 def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int = 64, num_workers: int = 4,
                     dtype: str = "float16", device=None, max_batches: int | None = None,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, repa_encoder=None) -> Path:
     """Encode every image of the folder `data` (and its mirror image) into posterior moments under `out`.
+
+    `vae`: any diffusers AutoencoderKL or AutoencoderDC (alias, Hub id or directory). `repa_encoder`: a frozen
+    encoder of patch tokens (`dico.repa.load_encoder(name, image_size)`; anything with `.name`, `.token_shape(size)`
+    and a call from images in [-1, 1] to (N, T, D) tokens) whose tokens are stored beside the moments.
 
     Run under torchrun to split the work over processes. Rerunning the same command resumes an interrupted run;
     on a finished one it does nothing. `max_batches` stops each process after that many batches (an interruption
@@ -87,6 +107,8 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     dataset = ImageFolderDataset(data, image_size, flip=False)
     vae_id = resolve_vae(vae)
     model = load_vae(vae_id, env.device)
+    if repa_encoder is not None:
+        repa_encoder = repa_encoder.to(env.device)
     root = dataset.root.resolve()
     plan = {
         "format": LATENT_FORMAT,
@@ -94,44 +116,48 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
         "image_size": dataset.image_size,
         "latent_shape": latent_shape_of(model, dataset.image_size),
         "vae": vae_id,
-        "scale": LATENT_SCALE,
+        "autoencoder": type(model).__name__,
+        "sd_vae": is_sd_vae(model),
+        # the official 0.18215 for the SD-VAE, else the autoencoder's own (used by --latent-norm scale)
+        "scale": LATENT_SCALE if is_sd_vae(model) else float(getattr(model.config, "scaling_factor", 1.0) or 1.0),
         "dtype": dtype,
         "fingerprint": folder_fingerprint(dataset.root, dataset.paths, dataset.labels),
         "class_names": dataset.class_names,
         "num_classes": dataset.num_classes,
         "source": str(root),
         "layout": "moments[image, flip (0 as is, 1 mirrored), (mean, std), channel, y, x], unscaled",
+        "repa_encoder": None if repa_encoder is None else repa_encoder.name,
+        "repa_shape": None if repa_encoder is None else list(repa_encoder.token_shape(dataset.image_size)),
     }
+    if repa_encoder is not None:
+        plan["repa_layout"] = REPA_LAYOUT
     state = _check_plan(out, plan)
     if state == "done":
         if env.main:
             print(f"{out} already holds these latents ({plan['count']} images); nothing to do")
         return _finish(out, owns_group)
+    if state == "tokens":
+        _add_tokens(dataset, out, plan, repa_encoder, env, batch_size, num_workers, max_batches, progress)
+        return _finish(out, owns_group)
     if state == "new" and env.main:
         files = [os.path.relpath(p, dataset.root) for p in dataset.paths]
-        create_latent_files(out, dataset.labels, plan["latent_shape"], dtype, files)
+        create_latent_files(out, dataset.labels, plan["latent_shape"], dtype, files, plan["repa_shape"])
         write_json_atomic(out / PLAN, plan)  # last: an extraction without it never started computing
     barrier()
     done = open_done(out)
     todo = np.flatnonzero(~done)
     barrier()  # everyone has read the same to-do list before anyone marks rows done
     moments = open_moments(out, "r+")
-    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
-    mine = batches[env.rank::env.world][:max_batches]
-    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
-                        pin_memory=env.device.type == "cuda")
-    bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
-               desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
-    for rows, (x, _) in zip(mine, loader):
-        x = x.to(env.device, non_blocking=True)
-        mean, std = encode_moments(model, torch.cat([x, torch.flip(x, dims=[-1])]))
-        _write_batch(moments, done, rows, mean, std)
-        bar.update(len(rows))
-    bar.close()
-    del moments
+    features = open_repa_features(out, "r+") if repa_encoder is not None else None
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
+        mean, std = encode_moments(model, both)
+        tokens = repa_encoder(both) if repa_encoder is not None else None
+        _write_batch(moments, done, rows, mean, std, features, tokens)
+    del moments, features
     barrier()
     if env.main:
         if open_done(out, "r").all():
+            plan["latent_mean"], plan["latent_std"] = channel_statistics(out)
             write_json_atomic(out / META, plan)  # last: marks the extraction finished
             for name in (DONE, PLAN):
                 (out / name).unlink(missing_ok=True)
@@ -140,6 +166,54 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
             left = int((~open_done(out, "r")).sum())
             print(f"stopped with {left} of {plan['count']} images left; run the same command again to resume")
     return _finish(out, owns_group)
+
+
+def _my_batches(dataset, todo: np.ndarray, env, batch_size: int, num_workers: int, max_batches, progress: bool):
+    """This process's (rows, images and their mirror images on the device) of the rows `todo`, in batches."""
+    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    mine = batches[env.rank::env.world][:max_batches]
+    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
+                        pin_memory=env.device.type == "cuda")
+    bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
+               desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
+    for rows, (x, _) in zip(mine, loader):
+        x = x.to(env.device, non_blocking=True)
+        yield rows, torch.cat([x, torch.flip(x, dims=[-1])])
+        bar.update(len(rows))
+    bar.close()
+
+
+def _add_tokens(dataset, out: Path, plan: dict, encoder, env, batch_size, num_workers, max_batches, progress):
+    """Encoder tokens for a finished extraction that has none (the VAE does not run again); resumable alike."""
+    repa_plan = {k: plan[k] for k in REPA_KEYS}
+    if (out / REPA_PLAN).is_file():
+        saved = json.loads((out / REPA_PLAN).read_text())
+        if saved != repa_plan:
+            raise ValueError(f"{out} holds unfinished tokens of {saved['repa_encoder']}, not of "
+                             f"{repa_plan['repa_encoder']}; finish that run or remove {REPA_PLAN} and {REPA_DONE}")
+    elif env.main:
+        create_repa_files(out, plan["count"], plan["repa_shape"])
+        write_json_atomic(out / REPA_PLAN, repa_plan)
+    barrier()
+    done = open_done(out, name=REPA_DONE)
+    todo = np.flatnonzero(~done)
+    barrier()
+    features = open_repa_features(out, "r+")
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
+        _write_rows(features, rows, encoder(both).unflatten(0, (2, len(rows))).transpose(0, 1))
+        done[rows] = True
+        done.flush()
+    del features
+    barrier()
+    if env.main:
+        if open_done(out, "r", REPA_DONE).all():
+            write_json_atomic(out / META, {**read_meta(out), **repa_plan, "repa_layout": REPA_LAYOUT})
+            for name in (REPA_DONE, REPA_PLAN):
+                (out / name).unlink(missing_ok=True)
+            print(f"added the tokens of {repa_plan['repa_encoder']} for {plan['count']} images to {out}")
+        else:
+            left = int((~open_done(out, "r", REPA_DONE)).sum())
+            print(f"stopped with the tokens of {left} of {plan['count']} images left; run the same command again")
 
 
 def _finish(out: Path, owns_group: bool) -> Path:
