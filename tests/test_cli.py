@@ -201,8 +201,9 @@ def test_todays_other_flags_keep_their_names():
     assert (convert.source, convert.out, convert.weights) == ("a.pt", "b.safetensors", "model")
     extract = parse("extract-latents", shlex.split(
         "--data imgs --out lat --image-size 64 --vae mse --batch-size 2 --num-workers 0 --dtype float32 "
-        "--device cpu --max-batches 1 --no-progress"))[0]
-    assert (extract.data, extract.dtype, extract.max_batches, extract.progress) == ("imgs", "float32", 1, False)
+        "--device cpu --max-batches 1 --no-progress --repa-encoder dinov2-b"))[0]
+    assert (extract.data, extract.dtype, extract.max_batches, extract.progress, extract.repa_encoder) == (
+        "imgs", "float32", 1, False, "dinov2-b")
     assert parse("export-data", ["digits", "--out", "d.npz"])[0].name == "digits"
 
 

@@ -21,6 +21,9 @@ class ExtractLatentsConfig:
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     max_batches: int | None = None  # stop each process after this many batches (resume later)
     progress: bool = True  # progress bar
+    repa_encoder: str | None = None
+    """REPA: also store this frozen encoder's patch tokens (dico.repa.load_encoder: dinov2-b, hub:..., timm:...,
+    a file, digits); on a finished extraction, adds them without running the VAE again."""
 
 
 @dataclass(kw_only=True)
@@ -32,11 +35,14 @@ class ExportDataConfig:
 
 
 def run_extract(config: ExtractLatentsConfig) -> int:
+    from ..repa import load_encoder
     from . import extract_latents
 
+    encoder = load_encoder(config.repa_encoder, config.image_size) if config.repa_encoder else None
     extract_latents(config.data, config.out, image_size=config.image_size, vae=config.vae,
                     batch_size=config.batch_size, num_workers=config.num_workers, dtype=config.dtype,
-                    device=config.device, max_batches=config.max_batches, progress=config.progress)
+                    device=config.device, max_batches=config.max_batches, progress=config.progress,
+                    repa_encoder=encoder)
     return 0
 
 
