@@ -1,7 +1,9 @@
 """dico: DiCo (Diffusion ConvNet) models, diffusion, training, sampling, evaluation and benchmarks."""
 
-from .checkpoints import load_checkpoint, load_model
-from .models import create_model, list_models
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load_checkpoint", "load_model", "__version__"]
+EXPORTS = {"create_model": ".models", "list_models": ".models", "load_checkpoint": ".checkpoints",
+           "load_model": ".checkpoints"}
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
+__all__ = [*EXPORTS, "__version__"]

@@ -1,51 +1,176 @@
 """The `dico` command: each subcommand is a thin shell over a library function.
 
-Every concern registers its own subcommands through a `register(subparsers)` function in its `cli` module.
+A command's flags are the fields of one dataclass, turned into a parser by tyro (field comments are the help, every
+default is shown). Every command also takes `--config FILE.yaml` (field values; the flags typed win) and
+`--print-config` (print the resolved options as YAML and exit); `dico --debug CMD ...` shows tracebacks.
+
+Command modules are imported only when their command runs and import torch only inside their functions, so `dico
+--help` and `dico CMD --help` answer without loading torch.
 """
 
-import argparse
+import difflib
 import importlib
+import inspect
 import sys
+from dataclasses import MISSING, dataclass, fields
+from typing import Annotated, Literal
+
+import tyro
 
 from .cpu_allocator import tune_glibc_malloc
-
-COMMAND_MODULES = [
-    "dico.benchmarking.cli",
-    "dico.checkpoints",
-    "dico.training.cli",
-    "dico.sampling.cli",
-    "dico.evaluation.cli",
-    "dico.data.cli",
-]
+from .options import read_yaml, to_yaml, with_values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dico", description="DiCo: train, sample, evaluate and benchmark.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
+@dataclass(frozen=True)
+class Command:
+    module: str  # holds the options dataclass and the functions below
+    options: str  # the dataclass whose fields are the flags
+    run: str  # run(options, **prepared) -> exit code
+    help: str
+    prepare: str | None = None  # prepare(args, file values, file name) -> (default options, kwargs for run)
+
+
+COMMANDS = {
+    "train": Command("dico.training.cli", "TrainCommand", "run", "train a model (no --data: the digits demo on CPU)",
+                     prepare="prepare"),
+    "sample": Command("dico.sampling.cli", "SampleConfig", "run",
+                      "sample images from a checkpoint (PNG grid or ADM .npz)"),
+    "evaluate": Command("dico.evaluation.cli", "EvaluateConfig", "run",
+                        "FID, sFID, Inception Score, precision and recall of samples against a reference"),
+    "info": Command("dico.benchmarking.cli", "InfoConfig", "run_info",
+                    "parameters and GMACs (the paper's GFLOPs) per model"),
+    "bench": Command("dico.benchmarking.cli", "BenchCommand", "run_bench",
+                     "throughput of forward / training step / sampling, side by side"),
+    "convert": Command("dico.cli", "ConvertConfig", "run_convert", "write a checkpoint's weights as .safetensors"),
+    "extract-latents": Command("dico.data.cli", "ExtractLatentsConfig", "run_extract",
+                               "encode an image folder with the SD VAE once, for latent training"),
+    "export-data": Command("dico.data.cli", "ExportDataConfig", "run_export",
+                           "write a bundled data set as an ADM-format .npz (FID reference)"),
+}
+
+CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values, e.g. from --print-config; flags "
+                     "typed win), --print-config (print the resolved options as YAML and exit) and --debug (show "
+                     "tracebacks).")
+# What the user asked for cannot be done (bad values or files, a full disk, a diverging run): one line and exit 2.
+# Anything else is a bug: a short note and exit 1. dico.checkpoints.CheckpointError is a ValueError and
+# dico.training.NonFiniteError an ArithmeticError.
+INPUT_ERRORS = (ValueError, OSError, ArithmeticError)
+BUGS = (ZeroDivisionError,)
+
+
+@dataclass
+class ConvertConfig:
+    """Write a checkpoint's weights as .safetensors (with the model spec as metadata)."""
+
+    source: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SOURCE")]  # path or Hub file owner/repo/f.pt
+    out: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="OUT")]  # the .safetensors file to write
+    weights: Literal["ema", "model"] = "ema"
+
+
+def run_convert(options: ConvertConfig) -> int:
+    from .checkpoints import convert
+
+    print(f"wrote {convert(options.source, options.out, options.weights)}")
+    return 0
+
+
+def top_help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: dico [--debug] COMMAND [options]", "", "DiCo: train, sample, evaluate and benchmark.", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
+    lines += ["", "options:", "  -h, --help  show this help and exit",
+              "  --debug     show the traceback of an error (also accepted after the command)", "",
+              "`dico COMMAND --help` lists a command's options and their defaults. " + CONFIG_FLAGS_HELP]
+    return "\n".join(lines)
+
+
+def split_config_flags(args: list) -> tuple:
+    """(--config path or None, whether --print-config was given, the other arguments)."""
+    path, print_config, rest = None, False, []
+    items = iter(args)
+    for arg in items:
+        if arg == "--print-config":
+            print_config = True
+        elif arg == "--config":
+            path = next(items, None)
+            if path is None:
+                raise ValueError("--config needs a file")
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return path, print_config, rest
+
+
+def plain_defaults(options_class):
+    """An instance with the dataclass defaults; fields without one are marked required for tyro."""
+    return options_class(**{f.name: tyro.MISSING for f in fields(options_class)
+                            if f.default is MISSING and f.default_factory is MISSING})
+
+
+def parse(name: str, args: list):
+    """(options, keyword arguments for the run function, whether to print the options instead of running)."""
+    command = COMMANDS[name]
+    module = importlib.import_module(command.module)
+    options_class = getattr(module, command.options)
+    path, print_config, args = split_config_flags(args)
+    values = read_yaml(path) if path else {}
+    source = f"--config {path}"
+    if command.prepare:
+        default, prepared = getattr(module, command.prepare)(args, values, source)
+    else:
+        default, prepared = with_values(plain_defaults(options_class), values, source), {}
+    description = f"{inspect.cleandoc(options_class.__doc__)}\n\n{CONFIG_FLAGS_HELP}"
+    options = tyro.cli(options_class, args=args, default=default, prog=f"dico {name}", description=description)
+    return options, prepared, print_config
+
+
+def training_interrupted(err: Exception) -> bool:
+    """Whether `err` is dico.training.TrainingInterrupted (SIGINT/SIGTERM stopped a run after saving)."""
+    loop = sys.modules.get("dico.training.loop")  # only a loaded training loop raises it: no torch import here
+    return loop is not None and isinstance(err, loop.TrainingInterrupted)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
-        tune_glibc_malloc()
-    from .training import TrainingInterrupted
-
-    try:
-        return args.func(args) or 0
-    except TrainingInterrupted as stop:  # a consistent checkpoint is saved: a message, not a traceback
-        print(f"dico {args.command}: {stop}", file=sys.stderr)
-        return 128 + stop.signum
-    except KeyboardInterrupt:
-        print(f"dico {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, OSError, ArithmeticError) as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"dico {args.command}: error: {err}", file=sys.stderr)
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if not args or args[0] in ("-h", "--help"):
+        print(top_help(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    name, args = args[0], args[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"dico: error: unknown command {name!r}{hint}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    try:
+        options, prepared, print_config = parse(name, args)
+        if print_config:
+            print(to_yaml(options), end="")
+            return 0
+        if getattr(options, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
+            tune_glibc_malloc()
+        command = COMMANDS[name]
+        return getattr(importlib.import_module(command.module), command.run)(options, **prepared) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dico {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        if training_interrupted(err):  # a consistent checkpoint is saved: a message, not a traceback
+            print(f"dico {name}: {err}", file=sys.stderr)
+            return 128 + err.signum
+        if isinstance(err, INPUT_ERRORS) and not isinstance(err, BUGS):
+            print(f"dico {name}: error: {err}", file=sys.stderr)
+            return 2
+        print(f"dico {name}: error: {type(err).__name__}: {err}\n(an unexpected error: rerun with dico --debug "
+              f"{name} ... for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,71 +1,83 @@
-"""`dico info` (params and GMACs per model) and `dico bench` (throughput side by side)."""
+"""`dico info` (params and GMACs per model) and `dico bench` (throughput side by side).
+
+BenchCommand repeats the fields of dico.benchmarking.BenchConfig (whose module imports torch, which `dico bench
+--help` must not); tests/test_cli.py checks that the two agree.
+"""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Literal
 
-from .counting import PAPER_COSTS, model_cost
-from .throughput import CLOCKS, DTYPES, TASKS, BenchConfig, benchmark, format_table
+from tyro.conf import Positional, arg
 
 
-def info(args) -> int:
+@dataclass
+class InfoConfig:
+    """Parameters and GMACs (the paper's GFLOPs) per model, beside the paper's figures."""
+
+    models: Annotated[Positional[list[str]], arg(metavar="[MODEL ...]")] = field(default_factory=list)
+    """Registered model names (none: all DiCo sizes and DiT-XL/2)."""
+    image_size: int = 256  # image resolution in pixels (latent = image/8)
+
+
+@dataclass
+class BenchCommand:
+    """Throughput of forward passes, training steps and sampling runs, several configurations side by side."""
+
+    models: list[str] = field(default_factory=lambda: ["DiCo-S"])  # registered model names
+    tasks: list[Literal["forward", "train", "sample"]] = field(default_factory=lambda: ["forward"])  # what to time
+    batch_sizes: list[int] = field(default_factory=lambda: [16])  # images per call
+    dtypes: list[Literal["fp32", "tf32", "bf16"]] = field(default_factory=lambda: ["fp32"])
+    """fp32 (TF32 off), tf32 (CUDA only), bf16 (torch.autocast)."""
+    image_size: int = 256  # image resolution in pixels (latent = image/8)
+    device: str = "cpu"  # cpu or cuda[:i]
+    repeats: int = 5  # timed rounds (median reported)
+    warmup: int = 1  # untimed calls per configuration
+    sample_steps: Annotated[int, arg(name="steps")] = 10  # sampling steps (each a CFG forward at 2x batch)
+    cfg_scale: float = 1.5  # guidance scale of the sampling task
+    official: str | None = None  # checkout of shallowdream204/DiCo to compare against
+    num_classes: int = 1000  # class labels of the models built
+    seed: int = 0  # random weights and inputs
+    clock: Literal["wall", "cpu"] = "wall"
+    """wall: elapsed time; cpu: process CPU time (robust on a shared machine, use with --threads 1)."""
+    threads: int | None = None  # torch.set_num_threads (None: torch's choice)
+    tune_malloc: bool = False
+    """Apply the glibc malloc settings of the other dico commands (for every model in the run); default: measure as
+    in a plain Python process."""
+    json: str | None = None  # also write the results to this JSON file
+    quiet: bool = False  # no progress lines
+
+
+def run_info(config: InfoConfig) -> int:
     from ..models import list_models
+    from .counting import PAPER_COSTS, model_cost
 
-    names = args.models or [n for n in list_models() if n.startswith("DiCo")] + ["DiT-XL/2"]
-    print(f"| model | image | params (M) | GMACs | paper params (M) | paper GMACs |")
+    names = config.models or [n for n in list_models() if n.startswith("DiCo")] + ["DiT-XL/2"]
+    print("| model | image | params (M) | GMACs | paper params (M) | paper GMACs |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        cost = model_cost(name, args.image_size)
-        paper = PAPER_COSTS.get((name, args.image_size))
+        cost = model_cost(name, config.image_size)
+        paper = PAPER_COSTS.get((name, config.image_size))
         p_params, p_macs = (f"{paper[0]:.1f}" if paper[0] else "", f"{paper[1]:.2f}") if paper else ("", "")
-        print(f"| {name} | {args.image_size} | {cost.params / 1e6:.1f} | {cost.macs / 1e9:.2f} | {p_params} | {p_macs} |")
+        print(f"| {name} | {config.image_size} | {cost.params / 1e6:.1f} | {cost.macs / 1e9:.2f} | {p_params} | "
+              f"{p_macs} |")
     return 0
 
 
-def bench(args) -> int:
+def run_bench(command: BenchCommand) -> int:
     import torch
 
     from ..cpu_allocator import malloc_tuned
+    from .throughput import BenchConfig, benchmark, format_table
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = BenchConfig(models=args.models, tasks=args.tasks, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
-                         image_size=args.image_size, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                         sample_steps=args.steps, cfg_scale=args.cfg_scale, official=args.official, clock=args.clock)
-    results = benchmark(config, progress=None if args.quiet else lambda msg: print(msg, flush=True))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {args.clock}, "
+    if command.threads:
+        torch.set_num_threads(command.threads)
+    config = BenchConfig(**{f.name: getattr(command, f.name) for f in fields(BenchConfig)})
+    results = benchmark(config, progress=None if command.quiet else lambda msg: print(msg, flush=True))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {command.clock}, "
           f"glibc malloc tuning {'on' if malloc_tuned() else 'off'}")
     print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
+    if command.json:
+        with open(command.json, "w") as f:
             json.dump([dict(asdict(r), images_per_second=r.images_per_second) for r in results], f, indent=1)
     return 0
-
-
-def register(subparsers):
-    p = subparsers.add_parser("info", help="parameters and GMACs (the paper's GFLOPs) per model")
-    p.add_argument("models", nargs="*", help="registered model names (default: all DiCo sizes and DiT-XL/2)")
-    p.add_argument("--image-size", type=int, default=256, help="image resolution in pixels (latent = image/8)")
-    p.set_defaults(func=info)
-
-    p = subparsers.add_parser("bench", help="throughput of forward / training step / sampling, side by side")
-    p.add_argument("--models", nargs="+", default=["DiCo-S"], help="registered model names")
-    p.add_argument("--tasks", nargs="+", default=["forward"], choices=TASKS)
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[16])
-    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=DTYPES,
-                   help="fp32 (TF32 off), tf32 (CUDA only), bf16 (torch.autocast)")
-    p.add_argument("--image-size", type=int, default=256, help="image resolution in pixels (latent = image/8)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps (each a CFG forward at 2x batch)")
-    p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--official", default=None, help="checkout of shallowdream204/DiCo to compare against")
-    p.add_argument("--clock", default="wall", choices=list(CLOCKS),
-                   help="wall: elapsed time; cpu: process CPU time (robust on a shared machine, use with --threads 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--tune-malloc", action="store_true",
-                   help="apply the glibc malloc settings of the other dico commands (for every model in the run); "
-                        "default: measure as in a plain Python process")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=bench)

@@ -1,48 +1,53 @@
 """`dico extract-latents` and `dico export-data`: thin shells over dico.data."""
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-def run_extract(args) -> int:
+from tyro.conf import Positional, arg
+
+
+@dataclass(kw_only=True)
+class ExtractLatentsConfig:
+    """Store the VAE posterior (mean, std) of every image and of its mirror image under --out, for latent training.
+    Split over GPUs with torchrun; rerun the same command to resume an interrupted run."""
+
+    data: str  # image folder: root/<class>/<image> or root/<image>
+    out: str  # latents directory to write (pass it to `dico train --data`)
+    image_size: int = 256  # center-crop size in pixels
+    vae: str = "ema"  # ema | mse (stabilityai/sd-vae-ft-*), a Hub id or a local directory
+    batch_size: int = 64  # images per process per VAE forward
+    num_workers: int = 4  # image decoding processes per process
+    dtype: Literal["float16", "float32"] = "float16"  # storage precision (float16: 16 KiB per 256px image + mirror)
+    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
+    max_batches: int | None = None  # stop each process after this many batches (resume later)
+    progress: bool = True  # progress bar
+    repa_encoder: str | None = None
+    """REPA: also store this frozen encoder's patch tokens (dico.repa.load_encoder: dinov2-b, hub:..., timm:...,
+    a file, digits); on a finished extraction, adds them without running the VAE again."""
+
+
+@dataclass(kw_only=True)
+class ExportDataConfig:
+    """Write a bundled data set as an ADM-format .npz (an FID reference)."""
+
+    name: Annotated[Positional[Literal["digits"]], arg(metavar="NAME")]  # the data set (digits: the demo's images)
+    out: str  # the .npz file to write
+
+
+def run_extract(config: ExtractLatentsConfig) -> int:
     from ..repa import load_encoder
-    from .extract import extract_latents
+    from . import extract_latents
 
-    encoder = load_encoder(args.repa_encoder, image_size=args.image_size) if args.repa_encoder else None
-    extract_latents(args.data, args.out, image_size=args.image_size, vae=args.vae, batch_size=args.batch_size,
-                    num_workers=args.num_workers, dtype=args.dtype, device=args.device,
-                    max_batches=args.max_batches, progress=not args.no_progress, repa_encoder=encoder)
+    encoder = load_encoder(config.repa_encoder, config.image_size) if config.repa_encoder else None
+    extract_latents(config.data, config.out, image_size=config.image_size, vae=config.vae,
+                    batch_size=config.batch_size, num_workers=config.num_workers, dtype=config.dtype,
+                    device=config.device, max_batches=config.max_batches, progress=config.progress,
+                    repa_encoder=encoder)
     return 0
 
 
-def run_export(args) -> int:
+def run_export(config: ExportDataConfig) -> int:
     from . import export_digits
 
-    path = export_digits(args.out)
-    print(f"wrote {path}")
+    print(f"wrote {export_digits(config.out)}")
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "extract-latents", help="encode an image folder with the SD VAE once, for latent training",
-        description="Store the VAE posterior (mean, std) of every image and of its mirror image under --out. "
-                    "Split over GPUs with torchrun; rerun the same command to resume an interrupted run.")
-    p.add_argument("--data", required=True, help="image folder: root/<class>/<image> or root/<image>")
-    p.add_argument("--out", required=True, help="latents directory to write (pass it to `dico train --data`)")
-    p.add_argument("--image-size", type=int, default=256, help="center-crop size in pixels (default 256)")
-    p.add_argument("--vae", default="ema", help="ema | mse (stabilityai/sd-vae-ft-*), a Hub id or a local "
-                                                "directory (default ema)")
-    p.add_argument("--repa-encoder", default=None,
-                   help="also store this encoder's patch tokens for REPA: dinov2-b (hub:facebookresearch/dinov2:"
-                        "dinov2_vitb14), hub:OWNER/REPO:ENTRY, timm:MODEL or a local file (default: none)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per process per VAE forward (default 64)")
-    p.add_argument("--num-workers", type=int, default=4, help="image decoding processes per process (default 4)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                   help="storage precision (default float16: 16 KiB per 256px image with its mirror)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
-    p.add_argument("--max-batches", type=int, help="stop each process after this many batches (resume later)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_extract)
-
-    p = subparsers.add_parser("export-data", help="write a bundled data set as an ADM-format .npz (FID reference)")
-    p.add_argument("name", choices=["digits"], help="the data set (digits: what the demo trains on)")
-    p.add_argument("--out", required=True, help="the .npz file to write")
-    p.set_defaults(func=run_export)

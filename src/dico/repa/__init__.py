@@ -5,16 +5,18 @@ the aligned layer), `load_encoder` (torch.hub, timm, local files, the digits tea
 items with the encoder tokens of the same image).
 """
 
-from .alignment import (DICO_STAGES, RepaConfig, RepaLoss, alignment_loss, build_projector, default_layer,
-                        feature_module, repa_weight_at, resize_tokens)
-from .datasets import TokensBeside, encode_dataset, repa_dataset
-from .digits import DIGITS_ENCODER, digits_accuracy, load_digits_encoder, train_digits_encoder
-from .encoders import DEFAULT_ENCODER, ENCODER_ALIASES, encoder_identity, load_encoder, resolve_encoder
-from .networks import DigitsPatchEncoder
-from .patch_encoder import PatchEncoder, read_encoder_file, save_encoder_file
+from ..lazy import lazy_exports
 
-__all__ = ["DICO_STAGES", "RepaConfig", "RepaLoss", "alignment_loss", "build_projector", "default_layer",
-           "feature_module", "repa_weight_at", "resize_tokens", "TokensBeside", "encode_dataset", "repa_dataset",
-           "DIGITS_ENCODER", "digits_accuracy", "load_digits_encoder", "train_digits_encoder", "DEFAULT_ENCODER",
-           "ENCODER_ALIASES", "encoder_identity", "load_encoder", "resolve_encoder", "DigitsPatchEncoder",
-           "PatchEncoder", "read_encoder_file", "save_encoder_file"]
+EXPORTS = {
+    **dict.fromkeys(["RepaConfig", "RESIZE_MODES", "repa_weight_at"], ".config"),
+    **dict.fromkeys(["DICO_STAGES", "RepaLoss", "alignment_loss", "build_projector", "default_layer",
+                     "feature_module", "resize_tokens"], ".alignment"),
+    **dict.fromkeys(["TokensBeside", "encode_dataset", "repa_dataset"], ".datasets"),
+    **dict.fromkeys(["DIGITS_ENCODER", "digits_accuracy", "load_digits_encoder", "train_digits_encoder"], ".digits"),
+    **dict.fromkeys(["DEFAULT_ENCODER", "ENCODER_ALIASES", "encoder_identity", "load_encoder", "resolve_encoder"],
+                    ".encoders"),
+    "DigitsPatchEncoder": ".networks",
+    **dict.fromkeys(["PatchEncoder", "read_encoder_file", "save_encoder_file"], ".patch_encoder"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
+__all__ = list(EXPORTS)

@@ -1,7 +1,10 @@
 """Sampling: class-conditional images from a model, as PNG grids or ADM-format .npz files."""
 
-from ..data import LATENT_SCALE, OutputSpace
-from .generate import SamplingOptions, generate, image_labels, sample_to_npz, write_class_grid
+from ..lazy import lazy_exports
 
-__all__ = ["LATENT_SCALE", "OutputSpace", "SamplingOptions", "generate", "image_labels", "sample_to_npz",
-           "write_class_grid"]
+EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": ".config",
+           "sample": ".from_checkpoint",
+           **{name: ".generate" for name in ["SamplingOptions", "generate", "image_labels", "sample_to_npz",
+                                             "write_class_grid"]}}
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
+__all__ = list(EXPORTS)

@@ -1,64 +1,69 @@
-"""`dico train`: with no --data, the laptop demo on the bundled digits; with --data, the official recipe."""
+"""`dico train`: with no --data, the laptop demo on the bundled digits; with --data, the official recipe.
 
-import json
+The flags are TrainConfig's fields. Their defaults come from the preset (--preset, else demo without --data and
+official with it), then a --config file, then the flags typed; with --resume, from the configuration saved in the
+checkpoint instead of the preset, so that only what the user typed (or wrote in --config) changes the run.
+"""
 
-from .config import preset
-from .loop import config_from_checkpoint, resume_point, train
+import argparse
+import os
+from dataclasses import dataclass, fields
+from typing import Literal
 
-# CLI flag -> TrainConfig field. Flags default to None so that only what the user typed overrides the preset
-# (or, on --resume, the configuration saved in the checkpoint).
-FLAGS = {
-    "model": str, "data": str, "image_size": int, "vae": str, "results_dir": str, "max_steps": int,
-    "global_batch": int, "micro_batch": int, "lr": float, "weight_decay": float, "warmup_steps": int,
-    "ema_decay": float, "seed": int, "precision": str, "log_every": int, "ckpt_every": int, "num_workers": int,
-    "grid_steps": int, "grid_cfg_scale": float,
-}
+from ..options import to_dict, with_values
+from .config import PRESETS, TrainConfig, preset, save_config
 
 
-def run(args) -> int:
-    overrides = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
-    if args.betas:
-        overrides["betas"] = tuple(float(b) for b in args.betas.split(","))
-    if args.grad_checkpointing:
-        overrides["grad_checkpointing"] = True
-    if args.model_options:
-        overrides["model_overrides"] = json.loads(args.model_options)
-    name = args.preset or ("demo" if args.data is None else "official")
-    results_dir = overrides.get("results_dir", preset(name).results_dir)
-    point = resume_point(args.resume, results_dir)
-    config = config_from_checkpoint(point, **overrides) if point else preset(name, **overrides)
-    train(config, resume=point, device=args.device, progress=not args.no_progress)
+@dataclass
+class TrainCommand(TrainConfig):
+    """Train a model: without --data the digits demo (a few minutes on a CPU), with --data the official recipe."""
+
+    preset: Literal["official", "dico-h", "demo"] | None = None  # recipe (None: demo without --data, else official)
+    resume: str | None = None  # a checkpoint path, or 'auto' for the newest in --results-dir
+    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
+    progress: bool = True  # progress bar
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
+
+
+def typed_choices(args: list) -> argparse.Namespace:
+    """The flags that choose the base configuration, read before the full parse (which shows that base)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--preset", "--data", "--resume", "--results-dir"):
+        parser.add_argument(flag)
+    return parser.parse_known_args(args)[0]
+
+
+def prepare(args: list, values: dict, source: str = "--config"):
+    """(default TrainCommand for the flags in `args`, keyword arguments for `run`); `values`: those of the --config
+    file named `source`."""
+    typed = typed_choices(args)
+    chosen = {k: v for k, v in vars(typed).items() if v is not None}
+    settings = {**values, **chosen}  # flags typed win over the config file
+    name = settings.get("preset") or ("demo" if settings.get("data") is None else "official")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    results_dir = settings.get("results_dir", preset(name).results_dir)
+    point = None
+    if settings.get("resume"):
+        # Only a resumed run reads a checkpoint (and so imports torch): `dico train --help` stays fast.
+        from .loop import config_from_checkpoint, resume_point
+
+        point = resume_point(settings["resume"], results_dir)
+    base = config_from_checkpoint(point) if point else preset(name)
+    command = with_values(TrainCommand(**to_dict(base), preset=name), values, source)
+    return command, {"resume": point}
+
+
+def run(command: TrainCommand, resume=None) -> int:
+    """Train as `command` says; `resume`: the ResumePoint `prepare` read (None: a fresh run)."""
+    from .loop import newest_checkpoint, train
+
+    config = command.train_config()
+    # A fresh run (train refuses to start over existing checkpoints) writes the file that reruns it; under torchrun
+    # process 0 writes it.
+    if resume is None and newest_checkpoint(config.results_dir) is None and os.environ.get("RANK", "0") == "0":
+        save_config(config)
+    train(config, resume=resume, device=command.device, progress=command.progress)
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model (no --data: the digits demo on CPU)")
-    p.add_argument("--preset", choices=["official", "dico-h", "demo"], default=None,
-                   help="recipe (default: demo without --data, official with it)")
-    p.add_argument("--model", help="model name, e.g. DiCo-XL (see dico info)")
-    p.add_argument("--model-options", help='JSON of model overrides, e.g. \'{"channel_attention": "se"}\'')
-    p.add_argument("--data", help="extracted latents dir or image folder (omit: bundled digits)")
-    p.add_argument("--image-size", type=int, help="image folders: training resolution in pixels")
-    p.add_argument("--vae", help="latents: the VAE that decodes samples (ema|mse|dir); image folders: refused, "
-                   "run dico extract-latents first")
-    p.add_argument("--results-dir", help="checkpoints, logs and samples go here")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--global-batch", type=int, help="images per optimizer step, over all processes")
-    p.add_argument("--micro-batch", type=int, help="images per process per forward (gradient accumulation)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--betas", help="AdamW betas, e.g. 0.9,0.999")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--grid-steps", type=int, help="sampling steps for the final sample grid")
-    p.add_argument("--grid-cfg-scale", type=float, help="guidance scale for the final sample grid")
-    p.add_argument("--resume", help="a checkpoint path, or 'auto' for the newest in --results-dir")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)

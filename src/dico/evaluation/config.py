@@ -1,0 +1,27 @@
+"""What `dico evaluate` takes: the two image sets and how to compare them."""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from tyro.conf import Positional, arg
+
+
+@dataclass
+class EvaluateConfig:
+    """Compare SAMPLES with REFERENCE, each an ADM-format .npz (arr_0: uint8 N x H x W x C) or a folder of png/jpg
+    images: FID, sFID, Inception Score, precision and recall (ADM's evaluator). A reference .npz with precomputed
+    mu/sigma/mu_s/sigma_s (ADM reference batches) uses them for FID/sFID. Features are cached next to each input."""
+
+    reference: Annotated[Positional[str], arg(metavar="REFERENCE")]  # e.g. VIRTUAL_imagenet256_labeled.npz
+    samples: Annotated[Positional[str], arg(metavar="SAMPLES")]  # .npz (e.g. from `dico sample`) or image folder
+    features: Literal["inception", "digits"] = "inception"
+    """inception: ADM's metrics; digits: offline Digits-FID and class accuracy for the digits demo (not comparable
+    with ImageNet FID)."""
+    inception_weights: str | None = None
+    """Local copy of the Inception weights (dico.evaluation.INCEPTION_WEIGHTS_URL) for offline machines (None:
+    download once)."""
+    batch_size: int | None = None  # images per batch (None: 200 on CUDA, 32 on CPU)
+    device: str | None = None  # cuda, cuda:1, cpu, ... (None: cuda when available)
+    json: str | None = None  # also write the metrics to this JSON file
+    cache: bool = True  # read and write feature caches
+    quiet: bool = False  # no progress bars

@@ -1,0 +1,123 @@
+"""Options live in dataclasses: YAML config files for them, and the field types tyro turns into flags.
+
+A config file is a YAML mapping of field names to values, e.g. what `dico train --print-config` prints or the
+`config.yaml` a training run writes; any subset of the fields may be given.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+
+import typeguard
+import yaml
+from tyro.constructors import PrimitiveConstructorSpec
+
+
+def comma_separated(kind, metavar: str, count: int | None = None) -> PrimitiveConstructorSpec:
+    """One flag value such as `0.9,0.999` for a tuple field (`count` items if given); None stays None."""
+
+    def parse(args: list) -> tuple:
+        items = tuple(kind(v) for v in args[0].split(",") if v.strip())
+        if count is not None and len(items) != count:
+            raise ValueError(f"expected {count} comma-separated values, got {args[0]!r}")
+        return items
+
+    return PrimitiveConstructorSpec(
+        nargs=1, metavar=metavar, instance_from_str=parse,
+        is_instance=lambda value: value is None or isinstance(value, tuple),
+        str_from_instance=lambda value: ["None"] if value is None else [",".join(str(v) for v in value)])
+
+
+def json_object(metavar: str = "JSON") -> PrimitiveConstructorSpec:
+    """One flag value holding a JSON object, e.g. '{"channel_attention": "se"}'."""
+
+    def parse(args: list) -> dict:
+        value = json.loads(args[0])
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {args[0]!r}")
+        return value
+
+    return PrimitiveConstructorSpec(nargs=1, metavar=metavar, instance_from_str=parse,
+                                    is_instance=lambda value: isinstance(value, dict),
+                                    str_from_instance=lambda value: [json.dumps(value)])
+
+
+def to_dict(config) -> dict:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def to_yaml(config) -> str:
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump(plain(to_dict(config)), sort_keys=False, default_flow_style=None)
+
+
+def write_yaml(config, path) -> Path:
+    """Write `config` as YAML atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(to_yaml(config))
+    os.replace(tmp, path)
+    return path
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option names to values")
+    return values
+
+
+def accepts(hint, kind) -> bool:
+    """Whether the field type `hint` is `kind` or a container/union of it (tuple[float, float], int | None)."""
+    if hint is kind:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is kind:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(arg, kind) for arg in typing.get_args(hint))
+    return False
+
+
+def checked(name: str, value, hint, source: str):
+    """`value` (from YAML) as the field type `hint` asks, or a ValueError naming the option."""
+    if isinstance(value, list) and accepts(hint, tuple):
+        value = tuple(value)
+    if isinstance(value, str) and accepts(hint, float):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
+        except ValueError:
+            pass
+    try:
+        typeguard.check_type(value, hint)
+    except typeguard.TypeCheckError as err:
+        raise ValueError(f"{source}: {name}: {value!r}: {err}") from None
+    return value
+
+
+def with_values(config, values: dict, source: str = "config file"):
+    """`config` with the fields in `values` replaced, each checked against its type."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(type(config))
+    return dataclasses.replace(config, **{k: checked(k, v, hints[k], source) for k, v in values.items()})

@@ -1,0 +1,46 @@
+"""`dico.sampling.sample(SampleConfig(...))`: what `dico sample` does, as a function."""
+
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from ..checkpoints import load_pretrained
+from ..distributed import barrier, setup, teardown
+from ..images import save_grid
+from .config import SampleConfig
+from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
+
+
+def sampling_options(config: SampleConfig) -> SamplingOptions:
+    """The config's fields of SamplingOptions (the rest, the DDPM process, comes from the checkpoint's objective)."""
+    given = {f.name for f in fields(config)}
+    return SamplingOptions(**{f.name: getattr(config, f.name) for f in fields(SamplingOptions) if f.name in given})
+
+
+def sample(config: SampleConfig) -> Path | None:
+    """Sample `config.num_samples` images of the checkpoint `config.ckpt` into `config.out`: a PNG grid, or an
+    ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None."""
+    out = Path(config.out)
+    if out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {out}")
+    options = sampling_options(config)  # checked before any work
+    env = setup(config.device)
+    loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,
+                             config.num_classes)
+    model, space = loaded.model.to(env.device), loaded.output_space()
+    classes = list(config.classes) if config.classes else None
+    if classes and any(not 0 <= c < model.num_classes for c in classes):
+        raise ValueError(f"--classes must lie in [0, {model.num_classes}), got {classes}")
+    path = None
+    if out.suffix == ".npz":
+        path = sample_to_npz(model, space, out, config.num_samples, options, classes, env.rank, env.world,
+                             env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
+                             objective=loaded.objective)
+    elif env.main:
+        indices = list(range(config.num_samples))
+        labels = image_labels(indices, model.num_classes, config.seed, classes)
+        images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
+                          progress=True, objective=loaded.objective)
+        path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))))
+    teardown()
+    return path
