@@ -22,8 +22,6 @@ from dico.training import TrainConfig, preset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
-# dico/data/__init__.py imports torch, so the data commands' help still loads it.
-TORCH_FREE_COMMANDS = [name for name in COMMANDS if name not in ("extract-latents", "export-data")]
 
 
 def python(code: str) -> subprocess.CompletedProcess:
@@ -47,14 +45,8 @@ def load_torch_free(command: str) -> list:
 
 
 # --------------------------------------------------------------------------------------------------- fast help
-@pytest.mark.parametrize("command", ["--help", *(f"{name} --help" for name in TORCH_FREE_COMMANDS)])
+@pytest.mark.parametrize("command", ["--help", *(f"{name} --help" for name in COMMANDS)])
 def test_help_loads_no_torch(command):
-    assert load_torch_free(command) == []
-
-
-@pytest.mark.xfail(strict=True, reason="dico/data/__init__.py imports its torch modules eagerly")
-@pytest.mark.parametrize("command", ["extract-latents --help", "export-data --help"])
-def test_data_commands_help_loads_no_torch(command):
     assert load_torch_free(command) == []
 
 

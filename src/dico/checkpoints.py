@@ -494,11 +494,3 @@ def convert(source, out, weights: str = "ema") -> Path:
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, out)
     return out
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="write a checkpoint's weights as .safetensors")
-    p.add_argument("source", help="checkpoint path or Hub file (owner/repo/file.pt)")
-    p.add_argument("out", help="output .safetensors path")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema")
-    p.set_defaults(func=lambda a: print(f"wrote {convert(a.source, a.out, a.weights)}"))

@@ -1,81 +1,20 @@
-"""Data sets the trainer reads: the bundled digits, image folders and pre-extracted VAE latents."""
+"""Data sets the trainer reads: the bundled digits, image folders and pre-extracted VAE latents.
 
-from dataclasses import dataclass
-from pathlib import Path
+Names load on first use (dico.lazy), so the command line's --help imports no torch.
+"""
 
-from .digits import (DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, digits_fingerprint, export_digits,
-                     load_digits_uint8)
-from .extract import extract_latents
-from .folders import IMAGE_EXTENSIONS, ImageFolderDataset, center_crop_arr, folder_fingerprint, scan_image_folder
-from .latents import LatentDataset, is_latent_dir, read_meta
-from .space import OutputSpace
-from .vae import (LATENT_NORMS, LATENT_SCALE, VAE_ALIASES, check_vae_matches, decode_latents, encode_moments,
-                  load_vae, resolve_vae)
+from ..lazy import lazy_exports
 
-
-@dataclass
-class DataFacts:
-    """What the trainer and sampler need to know about a data set."""
-
-    in_channels: int  # channels the model sees
-    resolution: int  # spatial size the model sees (latent size for latent data)
-    num_classes: int  # 0 = unconditional
-    vae: str | None = None  # the VAE that decodes samples (latent data), else None (pixels)
-    latent_scale: float = LATENT_SCALE
-    class_names: list | None = None
-    fingerprint: str | None = None  # what a resumed run checks it is still training on
-    latent_mean: list | None = None  # per-channel statistics of standardised latents (see OutputSpace)
-    latent_std: list | None = None
-
-    @property
-    def space(self) -> OutputSpace:
-        return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale, self.latent_mean,
-                           self.latent_std)
-
-
-# Why image folders are not encoded while training: one VAE encoder forward per image per step costs more than a
-# DiCo-S training step itself (and the same again every epoch), while the posterior of an image never changes.
-ENCODE_ONCE = ("training on {path} with a VAE needs its latents extracted once first: run\n"
-               "  dico extract-latents --data {path} --out LATENTS_DIR --image-size {size} --vae {vae}\n"
-               "(torchrun --nproc_per_node=N ... to use N GPUs) and train with --data LATENTS_DIR. Encoding on the fly "
-               "would run the VAE encoder for every image at every step, which costs more than a DiCo-S step; "
-               "without --vae, an image folder trains in pixel space")
-
-
-def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None, latent_norm: str | None = None):
-    """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; a directory written by
-    `dico extract-latents` -> its latents (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
-    VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (with
-    `vae`: an error asking to extract latents)."""
-    if spec in (None, "digits"):
-        dataset = DigitsDataset()
-        return dataset, DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES,
-                                  fingerprint=digits_fingerprint())
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--data {spec}: no such directory; pass an image folder (root/<class>/<image> or "
-                                "root/<image>), a latents directory written by `dico extract-latents`, or nothing "
-                                "for the bundled digits")
-    if is_latent_dir(path):
-        dataset = LatentDataset(path, seed=seed, latent_norm=latent_norm)
-        meta, norm = dataset.meta, dataset.normalization
-        channels, height, width = meta["latent_shape"]
-        if height != width:
-            raise ValueError(f"{path}: latents of {height}x{width}; models train on square inputs")
-        decoder = check_vae_matches(meta["vae"], vae, norm["latent_mean"], norm["latent_scale"])
-        facts = DataFacts(channels, height, meta["num_classes"], decoder, norm["latent_scale"], meta["class_names"],
-                          fingerprint=meta.get("fingerprint"), latent_mean=norm["latent_mean"],
-                          latent_std=norm["latent_std"])
-        return dataset, facts
-    if vae is not None:
-        raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size, vae=vae))
-    dataset = ImageFolderDataset(path, image_size=image_size, seed=seed)
-    return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names,
-                              fingerprint=folder_fingerprint(dataset.root, dataset.paths, dataset.labels))
-
-
-__all__ = ["DataFacts", "OutputSpace", "DigitsDataset", "build_dataset", "export_digits", "load_digits_uint8",
-           "DIGITS_CLASSES", "DIGITS_RESOLUTION", "IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_arr",
-           "scan_image_folder", "LatentDataset", "is_latent_dir", "read_meta", "extract_latents", "LATENT_SCALE",
-           "VAE_ALIASES", "LATENT_NORMS", "check_vae_matches", "decode_latents", "encode_moments", "load_vae",
-           "resolve_vae"]
+EXPORTS = {
+    **dict.fromkeys(["DataFacts", "build_dataset"], ".datasets"),
+    **dict.fromkeys(["OutputSpace"], ".space"),
+    **dict.fromkeys(["DigitsDataset", "export_digits", "load_digits_uint8", "DIGITS_CLASSES", "DIGITS_RESOLUTION"],
+                    ".digits"),
+    **dict.fromkeys(["IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_arr", "scan_image_folder"], ".folders"),
+    **dict.fromkeys(["LatentDataset", "is_latent_dir", "read_meta"], ".latents"),
+    **dict.fromkeys(["extract_latents"], ".extract"),
+    **dict.fromkeys(["LATENT_SCALE", "VAE_ALIASES", "LATENT_NORMS", "check_vae_matches", "decode_latents",
+                     "encode_moments", "load_vae", "resolve_vae"], ".vae"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
+__all__ = list(EXPORTS)

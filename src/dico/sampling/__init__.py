@@ -4,7 +4,8 @@ from ..lazy import lazy_exports
 
 EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": ".config",
            "sample": ".from_checkpoint",
-           **{name: ".generate" for name in ["SamplingOptions", "generate", "image_labels", "sample_to_npz",
+           "SamplingOptions": ".config",
+           **{name: ".generate" for name in ["generate", "image_labels", "sample_to_npz",
                                              "write_class_grid"]}}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = list(EXPORTS)

@@ -6,83 +6,23 @@ size, the number of processes, or whether the run was interrupted and resumed.
 
 import hashlib
 import json
-import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoints import DDPM_OBJECTIVE
 from ..data import OutputSpace, load_vae
 from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
 from ..transport import FlowObjective
 from ..transport import sample_loop as transport_sample_loop
+from .config import SamplingOptions
 from .deepcache import DeepCache
-
-
-@dataclass
-class SamplingOptions:
-    """How to sample. `method` and `steps` default to what the model's objective calls for: DDPM models ancestral
-    sampling over 250 steps (the official protocol), flow models dopri5 over 50 time points (ODE) or Euler over 250
-    steps (SDE), as SiT's sample.py."""
-
-    method: str | None = None  # DDPM: ddpm | ddim | dpm++2m | dpm++3m; flow ODE: a torchdiffeq method; SDE: Euler|Heun
-    steps: int | None = None  # model calls (DDPM) or time points (flow)
-    cfg_scale: float = 1.0
-    guidance_channels: int | str = 3  # official: the first 3 channels; "all": every noise channel
-    guidance_interval: tuple = (0.0, 1.0)  # guide only while the time t (0 = noise, 1 = data) lies in [lo, hi]
-    eta: float = 0.0
-    seed: int = 0
-    batch_size: int = 32
-    noise_schedule: str = "linear"  # DDPM checkpoints' process (read from the checkpoint by dico sample)
-    diffusion_steps: int = 1000
-    sampler: str = "ode"  # flow models: "ode" or "sde"
-    atol: float = 1e-6  # flow ODE, adaptive methods
-    rtol: float = 1e-3
-    shift: float = 1.0  # flow: timestep shift of the integration grid (LightningDiT/SD3); 1 = none
-    diffusion_form: str = "sigma"  # flow SDE: SiT's diffusion coefficient form
-    diffusion_norm: float = 1.0
-    last_step: str | None = "Mean"  # flow SDE: SiT's last step (Mean | Tweedie | Euler | None)
-    last_step_size: float = 0.04
-    cache_interval: int = 1  # DeepCache-style reuse of deep features every N steps (1 = off)
-    cache_depth: int = 1  # how many outer levels are recomputed on cached steps (1 or 2)
-    cache_guidance: bool = True  # cached guided steps reuse the guidance direction (run the cond half only)
-
-    def __post_init__(self):
-        """Every value checked before any work, each error naming the option and what it accepts."""
-        self.guidance_interval = tuple(self.guidance_interval)
-        positive = {"batch_size": self.batch_size, "cache_interval": self.cache_interval,
-                    "diffusion_steps": self.diffusion_steps}
-        if self.steps is not None:
-            positive["steps"] = self.steps
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        numbers = (("cfg_scale", self.cfg_scale), ("eta", self.eta), ("atol", self.atol), ("rtol", self.rtol),
-                   ("shift", self.shift), ("diffusion_norm", self.diffusion_norm),
-                   ("last_step_size", self.last_step_size), *(("guidance_interval", v) for v in self.guidance_interval))
-        for name, value in numbers:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if min(self.atol, self.rtol, self.shift) <= 0:
-            raise ValueError(f"atol, rtol and shift must be > 0, got {self.atol}, {self.rtol}, {self.shift}")
-        lo, hi = (self.guidance_interval + (None, None))[:2] if len(self.guidance_interval) == 2 else (None, None)
-        if lo is None or not 0 <= lo <= hi <= 1:
-            raise ValueError(f"guidance_interval must be two numbers 0 <= lo <= hi <= 1, got {self.guidance_interval}")
-        if self.sampler not in ("ode", "sde"):
-            raise ValueError(f"sampler must be 'ode' or 'sde', got {self.sampler!r}")
-        if self.guidance_channels != "all" and (isinstance(self.guidance_channels, bool) or
-                                                not isinstance(self.guidance_channels, int) or
-                                                self.guidance_channels < 1):
-            raise ValueError(f"guidance_channels must be a positive integer or 'all', got {self.guidance_channels!r}")
-        if self.cache_depth not in (1, 2):
-            raise ValueError(f"cache_depth must be 1 or 2, got {self.cache_depth!r}")
 
 
 def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
@@ -171,10 +111,9 @@ def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: 
                                   last_step=options.last_step, last_step_size=options.last_step_size,
                                   step_noise=step_noise, model_kwargs={"y": labels})
     elif kind == "ddpm":
-        schedule, steps = objective or {}, options.diffusion_steps
-        diffusion = create_diffusion("", noise_schedule=schedule.get("noise_schedule", options.noise_schedule),
-                                     learn_sigma=model.learn_sigma,
-                                     diffusion_steps=schedule.get("diffusion_steps", steps))
+        process = {**DDPM_OBJECTIVE, **(objective or {})}
+        diffusion = create_diffusion("", noise_schedule=process["noise_schedule"], learn_sigma=model.learn_sigma,
+                                     diffusion_steps=process["diffusion_steps"])
         method = options.method or "ddpm"
         if method not in SAMPLING_METHODS:
             raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)} for a DDPM model, got {method!r}")

@@ -6,12 +6,11 @@ checkpoint instead of the preset, so that only what the user typed (or wrote in 
 """
 
 import argparse
-import os
 from dataclasses import dataclass, fields
 from typing import Literal
 
 from ..options import to_dict, with_values
-from .config import PRESETS, TrainConfig, preset, save_config
+from .config import PRESETS, TrainConfig, preset
 
 
 @dataclass
@@ -58,12 +57,7 @@ def prepare(args: list, values: dict, source: str = "--config"):
 
 def run(command: TrainCommand, resume=None) -> int:
     """Train as `command` says; `resume`: the ResumePoint `prepare` read (None: a fresh run)."""
-    from .loop import newest_checkpoint, train
+    from .loop import train
 
-    config = command.train_config()
-    # A fresh run (train refuses to start over existing checkpoints) writes the file that reruns it; under torchrun
-    # process 0 writes it.
-    if resume is None and newest_checkpoint(config.results_dir) is None and os.environ.get("RANK", "0") == "0":
-        save_config(config)
-    train(config, resume=resume, device=command.device, progress=command.progress)
+    train(command.train_config(), resume=resume, device=command.device, progress=command.progress)
     return 0

@@ -31,7 +31,7 @@ from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, 
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
 from ..transport import FlowObjective
-from .config import TrainConfig
+from .config import TrainConfig, save_config
 from .optim import adamw
 
 CHECKPOINT_FORMAT = "dico-train/1"
@@ -357,7 +357,8 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if env.main:
         checkpoint_dir(results).mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(checkpoint_dir(results))  # parts of saves a kill interrupted
-        if point is None:
+        if point is None:  # config.yaml reruns the run (`dico train --config`); config.json adds the model spec
+            save_config(config)
             (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
     log = RunLog(results, env.main)
 
