@@ -4,14 +4,14 @@ A three-level U-shaped ConvNet (widths C, 2C, 4C; decoder level 1 and the head r
 Parameter names and initialisation follow the official release, so its checkpoints load with strict=True.
 """
 
-import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .embeddings import LabelEmbedder, TimestepEmbedder
+from .layers import (LabelEmbedder, LayerNorm2d, TimestepEmbedder, activation, channel_attention_weights, conv,
+                     ffn_chunks, gated_residual, guided_output, linear, modulated_norm, scale_channels)
 
 
 @dataclass
@@ -37,176 +37,6 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation of an (N, C, H, W) map by per-sample (N, C) shift and scale."""
     return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
-
-
-# The network keeps its feature maps in channels-last memory (NCHW shape, NHWC storage): oneDNN runs 1x1 and
-# depthwise convolutions several times faster in that layout, and a channel LayerNorm becomes a plain last-dim
-# layer_norm on a free permuted view. The helpers below work on that NHWC view, so no op copies to change layout.
-def nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1)
-
-
-def nchw(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2)
-
-
-def autocast_dtype(device_type: str):
-    """The dtype autocast computes in on this device type, or None when autocast is off (or has no such device, e.g.
-    "meta")."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-    except RuntimeError:
-        return None
-    return torch.get_autocast_dtype(device_type)
-
-
-# Outside autograd we overwrite intermediates we own instead of allocating a new map for every element-wise op.
-# Besides saving bandwidth this matters on glibc: blocks larger than its mmap threshold (at most 32 MiB, e.g. the
-# fp32 FFN map of DiCo-S at batch 16) are fresh mmaps whose pages the kernel zero-fills on first touch, which made
-# such ops 4-5x slower than the same op writing into an existing buffer (measured; see BENCHMARKS.md).
-def reuse(t: torch.Tensor):
-    """`out=` argument for an op whose result may overwrite `t`: t itself outside autograd, else None."""
-    return None if torch.is_grad_enabled() else t
-
-
-def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """modulate(LayerNorm2d(x), shift, scale) with the modulation as one fused multiply-add (addcmul).
-
-    Under bf16 autocast the result feeds a bf16 convolution, so we normalise in bf16 straight away (the kernel
-    accumulates in fp32) instead of letting autocast produce an fp32 map that the next conv casts again: the
-    fp32 residual stream is read once and the rest of the work moves half the bytes. Outside autograd the
-    modulation writes over the normalised map instead of into a fresh one (see `reuse`).
-    """
-    low = autocast_dtype(x.device.type)
-    if low is not None:  # (autocast would also run layer_norm in fp32 on a map that is already bf16)
-        with torch.autocast(x.device.type, enabled=False):
-            return modulated_norm(x.to(low), shift.to(low), scale.to(low), eps)
-    h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
-    return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :], out=reuse(h)))
-
-
-def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
-    """The block's activation on an NCHW map in channels-last memory, applied on the plainly contiguous NHWC view
-    (the bf16 GELU kernel is about 2x faster there than on channels-last strides); in place outside autograd."""
-    v = nhwc(x)
-    if kind == "gelu":
-        return nchw(F.gelu(v) if torch.is_grad_enabled() else torch.ops.aten.gelu_(v))
-    return nchw(F.relu(v, inplace=not torch.is_grad_enabled()))
-
-
-# Inference under bf16 autocast: autocast casts every fp32 weight again on every call, which at small batches moves
-# as many bytes as the activations do. Outside autograd we keep the low-precision copy between calls and refresh it
-# whenever the parameter changes in place (its version counter moves: optimizer steps, load_state_dict, p.copy_).
-# Writes through `param.data` bypass that counter: call `clear_inference_cache()` after such edits. Convolution
-# weights are kept channels-last, the layout oneDNN wants for channels-last inputs (else it copies 3x3 weights
-# on every call).
-_INFERENCE_WEIGHTS = {}  # id(param) -> (weakref to param, (version, data_ptr, dtype), low-precision copy)
-
-
-def clear_inference_cache():
-    _INFERENCE_WEIGHTS.clear()
-
-
-def inference_weight(param, dtype):
-    if param is None:
-        return None
-    key = (param._version, param.data_ptr(), dtype)
-    hit = _INFERENCE_WEIGHTS.get(id(param))
-    if hit is None or hit[0]() is not param or hit[1] != key:
-        pid = id(param)
-        ref = weakref.ref(param, lambda _, pid=pid: _INFERENCE_WEIGHTS.pop(pid, None))
-        copy = param.detach().to(dtype)
-        if copy.ndim == 4:
-            copy = copy.contiguous(memory_format=torch.channels_last)
-        hit = _INFERENCE_WEIGHTS[pid] = (ref, key, copy)
-    return hit[2]
-
-
-ONEDNN_BUILT = torch.backends.mkldnn.is_available()
-
-
-def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), with cached low-precision weights for inference under autocast (see above). fp32 inference on CPU
-    calls oneDNN directly (unless the user turned it off with torch.backends.mkldnn): for 1x1 kernels at batch < 16
-    on one thread ATen picks its im2col + sgemm path instead, about 1.7x slower here (BENCHMARKS.md)."""
-    if torch.is_grad_enabled():
-        return layer(x)
-    low = autocast_dtype(x.device.type)
-    if low is None:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_BUILT and torch.backends.mkldnn.enabled:
-            return torch.mkldnn_convolution(x, layer.weight, layer.bias, layer.padding, layer.stride, layer.dilation,
-                                            layer.groups)
-        return layer(x)
-    with torch.autocast(x.device.type, enabled=False):
-        return F.conv2d(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low),
-                        layer.stride, layer.padding, layer.dilation, layer.groups)
-
-
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), with cached low-precision weights for inference under autocast (see above)."""
-    low = autocast_dtype(x.device.type)
-    if low is None or torch.is_grad_enabled():
-        return layer(x)
-    with torch.autocast(x.device.type, enabled=False):
-        return F.linear(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low))
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None = None):
-    """x + gate * h in one pass (addcmul) instead of a multiply then an add; outside autograd it overwrites h (the
-    branch's fresh output; never x, the block's input), or writes into `out` when given."""
-    v = nhwc(h)
-    if out is not None:
-        out = nhwc(out)
-    elif torch.result_type(x, h) == h.dtype:  # (an fp32 x with a bf16 branch gives fp32)
-        out = reuse(v)
-    return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], v, out=out))
-
-
-# glibc serves blocks of 32 MiB and more with fresh mmaps, whose pages the kernel zero-fills on every call (e.g. the
-# fp32 FFN map of DiCo-S at batch 16: 32 MiB); inference keeps each slice's hidden map at or below this.
-FFN_CHUNK_BYTES = 16 << 20
-
-
-def ffn_chunks(h: torch.Tensor, hidden_channels: int) -> int:
-    """How many batch slices inference runs the FFN in (1 under autograd, which keeps every map anyway)."""
-    if torch.is_grad_enabled():
-        return 1
-    per_sample = hidden_channels * h.shape[2] * h.shape[3] * h.element_size()  # conv4 keeps h's dtype
-    return max(1, min(len(h), -(-len(h) * per_sample // FFN_CHUNK_BYTES)))
-
-
-def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-    """Per-sample channel weights (N, C) of CCA / SE on the vector of channel means. For a bf16 map the sums are a
-    (1 x HW) @ (HW x C) matmul per sample, which reads the map once and accumulates in fp32: ATen's bf16 mean
-    (and AdaptiveAvgPool2d under autocast) first copies the whole map to fp32."""
-    v = nhwc(h)
-    if v.dtype == torch.bfloat16:
-        n, height, width, channels = v.shape
-        sums = torch.bmm(v.new_ones(n, 1, height * width), v.reshape(n, height * width, channels))
-        z = sums.view(n, channels).float() / (height * width)
-    else:
-        z = v.mean(dim=(1, 2))
-    for layer in ca[1:]:  # ca[0], the pooling, is the mean above; the 1x1 convs act on a vector: F.linear
-        z = F.linear(z, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(z)
-    return z
-
-
-def scale_channels(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """h * w[:, :, None, None] on the NHWC view, in place outside autograd."""
-    v = nhwc(h)
-    return nchw(torch.mul(v, w.to(h.dtype)[:, None, None, :], out=reuse(v)))
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel axis of an NCHW map (no affine in DiCo; eps 1e-6)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = False):
-        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
 
 
 def channel_attention(kind: str, channels: int, se_reduction: int) -> nn.Module:
@@ -481,13 +311,3 @@ class FeatureCache:
             self.features = features
 
 
-def guided_output(model, x, t, y, cfg_scale: float, guidance_channels=3, **forward_kwargs):
-    """Shared classifier-free guidance for DiCo and DiT (same layout and semantics as the official code)."""
-    if guidance_channels in (None, "all"):
-        guidance_channels = model.in_channels
-    half = x[: len(x) // 2]
-    out = model(torch.cat([half, half], dim=0), t, y, **forward_kwargs)
-    eps, rest = out[:, :guidance_channels], out[:, guidance_channels:]
-    cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
-    guided = uncond + cfg_scale * (cond - uncond)
-    return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)

@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dico import conv, guided_output, linear
-from .embeddings import LabelEmbedder, TimestepEmbedder
+from .layers import LabelEmbedder, TimestepEmbedder, conv, guided_output, linear
 
 
 @dataclass
