@@ -4,39 +4,18 @@ A three-level U-shaped ConvNet (widths C, 2C, 4C; decoder level 1 and the head r
 Parameter names and initialisation follow the official release, so its checkpoints load with strict=True.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (LabelEmbedder, LayerNorm2d, TimestepEmbedder, activation, channel_attention_weights, conv,
-                     ffn_chunks, gated_residual, guided_output, linear, modulated_norm, scale_channels)
-
-
-@dataclass
-class DiCoConfig:
-    hidden_size: int = 128
-    depth: list = field(default_factory=lambda: [5, 4, 4, 4, 4])  # encoder1, encoder2, middle, decoder2, decoder1
-    mlp_ratio: float = 2.0
-    in_channels: int = 4
-    num_classes: int = 1000
-    learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
-    # Ablations of the paper; the defaults are the paper's model.
-    channel_attention: str = "cca"  # "cca" | "se" | "none"
-    kernel_size: int = 3  # depthwise kernel: 3, 5 or 7
-    activation: str = "gelu"  # "gelu" | "relu"
-    se_reduction: int = 4  # only for channel_attention="se"
-
+from .layers import (LabelEmbedder, TimestepEmbedder, activation, channel_attention_weights, combine_guidance, conv,
+                     ffn_chunks, gated_residual, linear, modulated_norm, records_config, resolve_guidance_channels,
+                     scale_channels)
 
 CHANNEL_ATTENTIONS = ("cca", "se", "none")
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation of an (N, C, H, W) map by per-sample (N, C) shift and scale."""
-    return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+ACTIVATIONS = ("gelu", "relu")
 
 
 def channel_attention(kind: str, channels: int, se_reduction: int) -> nn.Module:
@@ -67,10 +46,7 @@ class DiCoBlock(nn.Module):
         self.ca = channel_attention(channel_attention_kind, hidden_size, se_reduction)
         self.conv4 = nn.Conv2d(hidden_size, ffn, 1)
         self.conv5 = nn.Conv2d(ffn, hidden_size, 1)
-        self.norm1 = LayerNorm2d(hidden_size)
-        self.norm2 = LayerNorm2d(hidden_size)
-        self.act = ACTIVATIONS[activation]()
-        self.activation = activation
+        self.activation = activation  # (the norms and activations have no parameters: functions in forward)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -100,13 +76,12 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, out_channels: int):
         super().__init__()
-        self.norm_final = LayerNorm2d(hidden_size)
         self.out_proj = nn.Conv2d(hidden_size, out_channels, 3, padding=1)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = linear(self.adaLN_modulation[1], F.silu(c)).chunk(2, dim=1)
-        return conv(self.out_proj, modulated_norm(x, shift, scale, self.norm_final.eps))
+        return conv(self.out_proj, modulated_norm(x, shift, scale))
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -143,12 +118,21 @@ class Upsample(nn.Module):
 
 
 class DiCo(nn.Module):
-    """The DiCo network. `model(x, t, y)` -> (N, out_channels, H, W); H and W must be divisible by 4."""
+    """The DiCo network. `model(x, t, y)` -> (N, out_channels, H, W); H and W must be divisible by 4 (it is fully
+    convolutional: one model serves every resolution).
 
+    The keyword arguments are the model's config (`model.config`); the defaults are the paper's model, and
+    channel_attention ("cca" | "se" | "none"), kernel_size (3, 5 or 7), activation ("gelu" | "relu") and
+    se_reduction (for "se") are the paper's ablations. depth lists the stage depths [enc1, enc2, mid, dec2, dec1].
+    """
+
+    arch = "dico"
+
+    @records_config
     def __init__(self, hidden_size: int = 128, depth=(5, 4, 4, 4, 4), mlp_ratio: float = 2.0, in_channels: int = 4,
                  num_classes: int = 1000, learn_sigma: bool = True, class_dropout_prob: float = 0.1,
                  channel_attention: str = "cca", kernel_size: int = 3, activation: str = "gelu",
-                 se_reduction: int = 4, input_size=None):
+                 se_reduction: int = 4):
         super().__init__()
         depth = list(depth)
         if len(depth) != 5:
@@ -156,13 +140,11 @@ class DiCo(nn.Module):
         if channel_attention not in CHANNEL_ATTENTIONS:
             raise ValueError(f"unknown channel_attention {channel_attention!r}; choose one of {CHANNEL_ATTENTIONS}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if hidden_size % 2:
             raise ValueError(f"hidden_size must be even (Downsample halves it), got {hidden_size}")
-        self.config = DiCoConfig(hidden_size, depth, float(mlp_ratio), in_channels, num_classes, learn_sigma,
-                                 class_dropout_prob, channel_attention, kernel_size, activation, se_reduction)
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.num_classes = num_classes
@@ -195,10 +177,14 @@ class DiCo(nn.Module):
         self.decoder_level_1 = stage(2 * C, depth[4])
         self.final_layer = FinalLayer(2 * C, self.out_channels)
         self.initialize_weights()
-
-    @classmethod
-    def from_config(cls, config: DiCoConfig) -> "DiCo":
-        return cls(**asdict(config))
+        # Weights of the convolutions over feature maps in channels-last memory, like the maps: their gradients
+        # come out in that layout, so autograd and DDP's gradient buckets (which take each parameter's strides)
+        # accumulate them without copies, and oneDNN uses them without reordering 3x3 weights on every call. The
+        # channel-attention convolutions act on a vector of channel means (as linear layers): plain layout.
+        attention = {p for block in self.blocks() if block.ca is not None for p in block.ca.parameters()}
+        for p in self.parameters():
+            if p.ndim == 4 and p not in attention:
+                p.data = p.data.to(memory_format=torch.channels_last)
 
     def initialize_weights(self):
         def basic(module):
@@ -280,9 +266,11 @@ class DiCo(nn.Module):
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3, cache: "FeatureCache | None" = None):
         """Classifier-free guidance on a batch laid out [cond half; uncond half] (labels of the second half are the
-        null class). Guidance acts on the first `guidance_channels` output channels: 3 by default, as the official
-        release does for reproducibility; "all" (or None) guides all `in_channels` noise channels."""
-        return guided_output(self, x, t, y, cfg_scale, guidance_channels, cache=cache)
+        null class), on the first `guidance_channels` output channels: 3 by default, as the official release does;
+        "all" (or None) guides every noise channel (see layers.resolve_guidance_channels)."""
+        half = x[: len(x) // 2]
+        cond, uncond = self(torch.cat([half, half]), t, y, cache=cache).chunk(2)
+        return combine_guidance(cond, uncond, cfg_scale, resolve_guidance_channels(guidance_channels, self.in_channels))
 
 
 @dataclass

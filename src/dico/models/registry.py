@@ -1,10 +1,15 @@
-"""The model registry: every named DiCo and DiT size, and `create_model(name, **overrides)` to build one."""
+"""The model registry: every named DiCo and DiT size, and `create_model(name, **overrides)` to build one.
+
+A model is described by a ModelSpec {"name", "arch", "config"}: the registered name, the architecture and the
+constructor's keyword arguments. Every model built here carries its spec from construction (`model.spec`), and
+checkpoints store it as that plain dict, so `build_model(spec)` rebuilds the model they hold.
+"""
 
 import difflib
-from dataclasses import asdict
 
-from .dico import DiCo, DiCoConfig
-from .dit import DiT, DiTConfig
+from .dico import DiCo
+from .dit import DiT
+from .layers import ModelSpec, config_fields, resolve_config
 
 # Official DiCo sizes (hidden width C, stage depths [enc1, enc2, mid, dec2, dec1], FFN ratio).
 DICO_SIZES = {
@@ -22,11 +27,12 @@ DIT_SIZES = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
-ARCHITECTURES = {"dico": (DiCo, DiCoConfig), "dit": (DiT, DiTConfig)}
+ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT}
 
-MODELS = {name: ("dico", cfg) for name, cfg in DICO_SIZES.items()}
+# name -> (arch, the size's constructor arguments)
+MODELS = {name: (DiCo.arch, size) for name, size in DICO_SIZES.items()}
 MODELS.update(
-    {f"{name}/{patch}": ("dit", dict(cfg, patch_size=patch)) for name, cfg in DIT_SIZES.items() for patch in (2, 4, 8)}
+    {f"{name}/{patch}": (DiT.arch, dict(size, patch_size=patch)) for name, size in DIT_SIZES.items() for patch in (2, 4, 8)}
 )
 
 
@@ -34,36 +40,32 @@ def list_models() -> list:
     return list(MODELS)
 
 
-def model_spec(name: str, **overrides) -> dict:
-    """{"name", "arch", "config"}: everything needed to rebuild the model (saved in our checkpoints)."""
+def model_spec(name: str, **overrides) -> ModelSpec:
+    """The spec of a registered model with `overrides` of its config, e.g. model_spec("DiCo-S", num_classes=10).
+
+    The input-size rule: `input_size` (the latent resolution) may be given for any model. DiT needs it (its position
+    table is built for one resolution, so input_size must equal the latents it will see); DiCo is fully
+    convolutional (any H, W divisible by 4), has no such option and ignores it.
+    """
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(MODELS)}")
-    arch, defaults = MODELS[name]
-    cls, config_cls = ARCHITECTURES[arch]
-    if arch == "dico":
-        overrides.pop("input_size", None)  # DiCo is fully convolutional: any H, W divisible by 4
-    fields = set(config_cls.__dataclass_fields__)
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"{name} has no option(s) {unknown}; valid options: {sorted(fields)}")
-    config = asdict(config_cls(**{**defaults, **overrides}))
-    return {"name": name, "arch": arch, "config": config}
+    arch, size = MODELS[name]
+    cls = ARCHITECTURES[arch]
+    if "input_size" not in config_fields(cls):
+        overrides.pop("input_size", None)
+    return ModelSpec(name=name, arch=arch, config=resolve_config(cls, **{**size, **overrides}))
 
 
-def build_model(spec: dict):
-    """Rebuild a model from a spec written by `model_spec` (e.g. read back from a checkpoint)."""
+def build_model(spec: ModelSpec):
+    """Build the model a spec describes: one from `model_spec`, `model.spec`, or read back from a checkpoint."""
     arch = spec.get("arch")
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r} in model spec; expected one of {sorted(ARCHITECTURES)}")
-    cls, config_cls = ARCHITECTURES[arch]
-    model = cls.from_config(config_cls(**spec["config"]))
-    model.name = spec.get("name", arch)
-    return model
+    return ARCHITECTURES[arch](name=spec.get("name"), **spec["config"])
 
 
 def create_model(name: str, **overrides):
     """Build a registered model, e.g. create_model("DiCo-XL") or create_model("DiCo-S", num_classes=10)."""
     return build_model(model_spec(name, **overrides))
-
