@@ -177,13 +177,14 @@ class DiCo(nn.Module):
         self.decoder_level_1 = stage(2 * C, depth[4])
         self.final_layer = FinalLayer(2 * C, self.out_channels)
         self.initialize_weights()
-        # Weights of the convolutions over feature maps in channels-last memory, like the maps: their gradients
-        # come out in that layout, so autograd and DDP's gradient buckets (which take each parameter's strides)
-        # accumulate them without copies, and oneDNN uses them without reordering 3x3 weights on every call. The
-        # channel-attention convolutions act on a vector of channel means (as linear layers): plain layout.
+        # On channels-last maps, the gradients of 1x1 and depthwise convolution weights come out with channels-last
+        # strides: the same memory order as NCHW for those shapes, other strides on the size-1 dims. Autograd keeps
+        # them as they are, and DDP, whose gradient buckets take each parameter's strides, then copies every one with
+        # a warning. Giving those weights the channels-last strides makes the layouts agree (their values and memory
+        # stay as they are). The channel-attention convolutions act on a vector of channel means, as linear layers.
         attention = {p for block in self.blocks() if block.ca is not None for p in block.ca.parameters()}
         for p in self.parameters():
-            if p.ndim == 4 and p not in attention:
+            if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
                 p.data = p.data.to(memory_format=torch.channels_last)
 
     def initialize_weights(self):

@@ -282,8 +282,8 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, out: to
     v = nhwc(h)
     if out is not None:
         out = nhwc(out)
-    elif torch.result_type(x, h) == h.dtype:  # (an fp32 x with a bf16 branch gives fp32)
-        out = reuse(v)
+    elif eager_inference() and torch.result_type(x, h) == h.dtype:  # (an fp32 x with a bf16 branch gives fp32)
+        out = v
     return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], v, out=out))
 
 
