@@ -71,19 +71,6 @@ class DiCoBlock(nn.Module):
         return conv(self.conv5, activation(self.activation, conv(self.conv4, h)))
 
 
-class FinalLayer(nn.Module):
-    """Modulated norm then a 3x3 conv to the output channels."""
-
-    def __init__(self, hidden_size: int, out_channels: int):
-        super().__init__()
-        self.out_proj = nn.Conv2d(hidden_size, out_channels, 3, padding=1)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = linear(self.adaLN_modulation[1], F.silu(c)).chunk(2, dim=1)
-        return conv(self.out_proj, modulated_norm(x, shift, scale))
-
-
 class OverlapPatchEmbed(nn.Module):
     """3x3 conv stem (stride 1): no patchification."""
 
@@ -115,6 +102,19 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         return self.body[1](conv(self.body[0], x))
+
+
+class FinalLayer(nn.Module):
+    """Modulated norm then a 3x3 conv to the output channels."""
+
+    def __init__(self, hidden_size: int, out_channels: int):
+        super().__init__()
+        self.out_proj = nn.Conv2d(hidden_size, out_channels, 3, padding=1)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = linear(self.adaLN_modulation[1], F.silu(c)).chunk(2, dim=1)
+        return conv(self.out_proj, modulated_norm(x, shift, scale))
 
 
 class DiCo(nn.Module):

@@ -7,6 +7,7 @@ directly, cached low-precision weights under autocast. Under autograd, and while
 op is the plain one, so training, DDP, the compiler and FlopCounterMode see an ordinary PyTorch model.
 """
 
+import copy
 import functools
 import inspect
 import math
@@ -65,14 +66,12 @@ def records_config(init):
         init(self, **kwargs)
         config = resolve_config(type(self), **kwargs)
         self.config = ModelConfig(config)
-        self.spec = ModelSpec(name=name, arch=self.arch, config=dict(config))
+        self.spec = ModelSpec(name=name, arch=self.arch, config=copy.deepcopy(config))
 
     return wrapper
 
 
 # Conditioning embedders: sinusoidal timesteps and class labels.
-
-
 def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) timesteps, cos half first as in GLIDE/DiT."""
     half = dim // 2
@@ -142,7 +141,6 @@ class LabelEmbedder(nn.Module):
         elif (train and self.dropout_prob > 0 and self.drop_in_forward) or force_drop_ids is not None:
             labels = drop_labels(labels, self.num_classes, self.dropout_prob, force_drop_ids)
         return [table(labels) for table in self.tables]
-
 
 
 # The network keeps its feature maps in channels-last memory (NCHW shape, NHWC storage): oneDNN runs 1x1 and
@@ -322,11 +320,8 @@ def scale_channels(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return nchw(torch.mul(v, w.to(h.dtype)[:, None, None, :], out=reuse(v)))
 
 
-
 # Classifier-free guidance, for DiCo, DiT and the cached sampler alike: a batch laid out [cond half; uncond half]
 # (labels of the second half are the null class), guidance on the first few output channels only.
-
-
 def resolve_guidance_channels(requested, in_channels: int) -> int:
     """How many leading output channels guidance acts on: `requested` (3, the official rule, kept for
     reproducibility), or every noise channel for "all" or None; never more than the model's `in_channels` (a grey
