@@ -88,6 +88,14 @@ DDP_STEP = textwrap.dedent("""
     if sys.argv[1] == "plain":  # the negative control: every weight with default (NCHW) strides
         for p in model.parameters():
             p.data = p.data.clone(memory_format=torch.contiguous_format)
+    # Parameters whose incoming gradient has other strides than the parameter itself. Autograd re-lays out the
+    # gradients of full-kernel convolutions (their NCHW and channels-last memory orders differ) before DDP sees
+    # them; any other mismatch reaches DDP's buckets, which copy it and warn.
+    mismatched = set()
+    for name, p in model.named_parameters():
+        full_kernel = p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1
+        if not full_kernel:
+            p.register_hook(lambda g, name=name, p=p: mismatched.add(name) if g.stride() != p.stride() else None)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(dist.get_rank())
@@ -98,7 +106,7 @@ DDP_STEP = textwrap.dedent("""
         opt.step()
         opt.zero_grad()
     dist.destroy_process_group()
-    print("stepped")
+    sys.stdout.write(f"stepped; mismatched: {len(mismatched)}\\n")  # one write: the two ranks share the pipe
 """)
 
 
@@ -110,6 +118,8 @@ def test_ddp_takes_gradients_in_the_parameters_layout(tmp_path, layout):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), layout]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.count("stepped") == 2, done.stderr[-3000:]
-    warned = "Grad strides do not match bucket view strides" in done.stderr
-    # As built, every gradient arrives in its parameter's layout; the control shows the check can see the warning.
-    assert warned == (layout == "plain"), done.stderr[-3000:]
+    if layout == "as-built":  # no gradient reaches DDP in another layout than its parameter's: no copy, no warning
+        assert done.stdout.count("mismatched: 0") == 2, done.stdout
+        assert "Grad strides do not match bucket view strides" not in done.stderr, done.stderr[-3000:]
+    else:  # the control: with plain strides the 1x1 and depthwise gradients do not match
+        assert "mismatched: 0" not in done.stdout, done.stdout

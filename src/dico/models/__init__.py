@@ -3,8 +3,9 @@ sizes (registry.py)."""
 
 from .dico import DiCo, FeatureCache
 from .dit import DiT
-from .layers import ModelConfig, ModelSpec, combine_guidance, resolve_guidance_channels
+from .layers import ModelConfig, ModelSpec, clear_inference_cache, combine_guidance, resolve_guidance_channels
 from .registry import DICO_SIZES, DIT_SIZES, MODELS, build_model, create_model, list_models, model_spec
 
 __all__ = ["DiCo", "DiT", "FeatureCache", "ModelConfig", "ModelSpec", "DICO_SIZES", "DIT_SIZES", "MODELS",
-           "build_model", "create_model", "list_models", "model_spec", "combine_guidance", "resolve_guidance_channels"]
+           "build_model", "create_model", "list_models", "model_spec", "clear_inference_cache", "combine_guidance",
+           "resolve_guidance_channels"]
