@@ -189,3 +189,55 @@ def test_dit_rejects_a_resolution_it_was_not_built_for():
     model = DiT(input_size=8, patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=10)
     with pytest.raises(ValueError, match="input_size=8"):
         model(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.tensor([1]))
+
+
+def test_every_model_carries_its_spec_from_construction():
+    model = dico.create_model("DiCo-S", num_classes=10, input_size=32)  # DiCo ignores input_size: any resolution
+    spec = model.spec
+    assert spec == dico.models.model_spec("DiCo-S", num_classes=10)
+    assert spec["name"] == "DiCo-S" and spec["arch"] == "dico" and "input_size" not in spec["config"]
+    assert json.loads(json.dumps(spec)) == spec  # checkpoints store it as a plain dict
+    rebuilt = dico.models.build_model(json.loads(json.dumps(spec)))
+    assert rebuilt.spec == spec and rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert DiCo(hidden_size=16, depth=[1, 1, 1, 1, 1]).spec["name"] is None
+    dit = dico.create_model("DiT-S/2", input_size=8)
+    assert dit.spec["arch"] == "dit" and dit.config.input_size == 8 and dit.pos_embed.shape[1] == 16
+
+
+def test_config_is_the_constructor_keywords_with_defaults_filled_in():
+    model = DiCo(hidden_size=16, depth=(1, 2, 1, 2, 1), num_classes=10, kernel_size=5)
+    assert model.config.hidden_size == 16 and model.config.kernel_size == 5 and model.config.depth == [1, 2, 1, 2, 1]
+    assert model.config["activation"] == "gelu" and model.config.num_classes == 10
+    assert DiCo(**model.config).config == model.config  # the config rebuilds the model
+    with pytest.raises(AttributeError, match="no field"):
+        model.config.width
+    with pytest.raises(TypeError):
+        DiCo(16)  # configuration by keyword only
+
+
+def test_checkpoint_specs_written_before_the_registry_split_still_build():
+    old = {"name": "DiCo-Tiny", "arch": "dico", "config": {
+        "hidden_size": 16, "depth": [1, 1, 1, 1, 1], "mlp_ratio": 2.0, "in_channels": 1, "num_classes": 10,
+        "learn_sigma": True, "class_dropout_prob": 0.1, "channel_attention": "cca", "kernel_size": 3,
+        "activation": "gelu", "se_reduction": 4}}
+    model = dico.models.build_model(old)
+    assert model.spec == old and model.in_channels == 1
+    assert dico.models.model_spec("DiCo-Tiny", **{k: v for k, v in old["config"].items()}) == old
+
+
+@pytest.mark.parametrize("requested,in_channels,expected", [(3, 4, 3), ("all", 4, 4), (None, 4, 4), (3, 1, 1),
+                                                            ("all", 1, 1), (2, 4, 2)])
+def test_guidance_channels_resolve_once_for_every_caller(requested, in_channels, expected):
+    assert dico.models.resolve_guidance_channels(requested, in_channels) == expected
+
+
+def test_guidance_on_a_one_channel_pixel_model_never_touches_the_variance():
+    model = DiCo(hidden_size=16, depth=[1, 1, 1, 1, 1], num_classes=10, in_channels=1).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5, 5]), torch.tensor([3, 10])
+    with torch.no_grad():
+        plain = model(torch.cat([x[:1], x[:1]]), t, y)
+        out = model.forward_with_cfg(x, t, y, 2.0)  # the official 3 channels, clamped to the 1 noise channel
+    assert torch.equal(out[:, 1:], plain[:, 1:])
+    assert rel_err(out[:1, :1], plain[1:, :1] + 2.0 * (plain[:1, :1] - plain[1:, :1])) < 1e-6

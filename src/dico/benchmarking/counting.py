@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..models import build_model, create_model
+
 aten = torch.ops.aten
 
 
@@ -108,16 +110,9 @@ def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
 
 
 def _meta_copy(model):
-    from ..models import build_model
-
     spec = getattr(model, "spec", None)
-    if spec is None and hasattr(model, "config"):
-        from dataclasses import asdict
-
-        arch = "dit" if type(model).__name__ == "DiT" else "dico"
-        spec = {"arch": arch, "config": asdict(model.config)}
     if spec is None:
-        raise ValueError("count(device='meta') needs a dico model (with .config); pass device='cpu' for other modules")
+        raise ValueError("count(device='meta') needs a dico model (with .spec); pass device='cpu' for other modules")
     with torch.device("meta"):
         return build_model(spec)
 
@@ -132,8 +127,6 @@ class ModelCost:
 
 def model_cost(name: str, image_size: int = 256, in_channels: int = 4) -> ModelCost:
     """Params and per-image MACs of a registered model at `image_size` pixels (latent = image / 8)."""
-    from ..models import create_model
-
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (latent = image/8, divisible by 4), got {image_size}")
     latent = image_size // 8

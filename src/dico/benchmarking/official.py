@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..models import model_spec
+
 OFFICIAL_FILES = {"dico": "dico_models.py", "dit": "dit_models.py"}
 
 
@@ -37,16 +39,12 @@ def load_official_module(path, arch: str):
 def official_twin(model: torch.nn.Module, path) -> torch.nn.Module:
     """The official implementation of the registered model `model` (built by `dico.create_model`), holding a copy
     of its weights. Only the paper's configurations exist there (no ablation options)."""
-    from ..models import model_spec
-
-    name = getattr(model, "name", None)
+    name, arch = model.spec["name"], model.spec["arch"]
     if name is None:
-        raise ValueError("official_twin needs a model built by dico.create_model (it reads model.name)")
-    spec = model_spec(name)
-    arch = spec["arch"]
+        raise ValueError("official_twin needs a model built by dico.create_model (model.spec names its size)")
     module = load_official_module(path, arch)
     config = model.config
-    defaults = spec["config"]
+    defaults = model_spec(name)["config"]
     if arch == "dico":
         for key in ("channel_attention", "kernel_size", "activation"):
             if getattr(config, key) != defaults[key]:

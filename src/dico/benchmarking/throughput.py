@@ -21,6 +21,7 @@ seen). The sampling thread is off during timed calls.
 """
 
 import contextlib
+import copy
 import os
 import statistics
 import threading
@@ -30,7 +31,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..models import create_model, list_models
 from ..training.optim import adamw
+from .official import official_twin
 
 TASKS = ("forward", "train", "sample")
 DTYPES = ("fp32", "tf32", "bf16")
@@ -76,8 +79,6 @@ class BenchResult:
 
 
 def validate(config: BenchConfig):
-    from ..models import list_models
-
     unknown = [m for m in config.models if m not in list_models()]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(list_models())}")
@@ -227,9 +228,6 @@ class _Case:
 
 
 def build_cases(config: BenchConfig):
-    from ..models import create_model
-    from .official import official_twin
-
     device = torch.device(config.device)
     latent = config.image_size // 8
     cases = []
@@ -246,21 +244,12 @@ def build_cases(config: BenchConfig):
             for impl in ("official", "ours") if config.official else ("ours",):
                 for batch in config.batch_sizes:
                     for dtype in config.dtypes:
-                        model = _copy_of(base, name) if task == "train" else base
+                        model = copy.deepcopy(base) if task == "train" else base
                         if impl == "official":
                             model = official_twin(model, config.official)
                         model = model.to(device).train(task == "train")
                         cases.append(_Case(model, name, impl, task, batch, dtype, device, config))
     return cases
-
-
-def _copy_of(model, name):
-    from ..models import build_model, model_spec
-
-    spec = {"name": name, "arch": model_spec(name)["arch"], "config": __import__("dataclasses").asdict(model.config)}
-    twin = build_model(spec)
-    twin.load_state_dict(model.state_dict())
-    return twin
 
 
 def benchmark(config: BenchConfig, progress=None) -> list:

@@ -4,28 +4,12 @@ Parameter names follow facebookresearch/DiT so its checkpoints load with strict=
 torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient kernels where available).
 """
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dico import conv, guided_output, linear
-from .embeddings import LabelEmbedder, TimestepEmbedder
-
-
-@dataclass
-class DiTConfig:
-    input_size: int = 32
-    patch_size: int = 2
-    in_channels: int = 4
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    class_dropout_prob: float = 0.1
-    num_classes: int = 1000
-    learn_sigma: bool = True
+from .layers import (LabelEmbedder, TimestepEmbedder, combine_guidance, conv, linear, records_config,
+                     resolve_guidance_channels)
 
 
 def modulate(x, shift, scale):
@@ -107,14 +91,17 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
+    """The DiT network for `input_size` x `input_size` latents; its keyword arguments are its config."""
+
+    arch = "dit"
+
+    @records_config
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
                  depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
                  num_classes: int = 1000, learn_sigma: bool = True):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        self.config = DiTConfig(input_size, patch_size, in_channels, hidden_size, depth, num_heads, float(mlp_ratio),
-                                class_dropout_prob, num_classes, learn_sigma)
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.num_classes = num_classes
@@ -130,10 +117,6 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-
-    @classmethod
-    def from_config(cls, config: DiTConfig) -> "DiT":
-        return cls(**asdict(config))
 
     def initialize_weights(self):
         def basic(module):
@@ -177,4 +160,7 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(x, c))
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3):
-        return guided_output(self, x, t, y, cfg_scale, guidance_channels)
+        """Classifier-free guidance as DiCo.forward_with_cfg: [cond half; uncond half], first 3 channels guided."""
+        half = x[: len(x) // 2]
+        cond, uncond = self(torch.cat([half, half]), t, y).chunk(2)
+        return combine_guidance(cond, uncond, cfg_scale, resolve_guidance_channels(guidance_channels, self.in_channels))

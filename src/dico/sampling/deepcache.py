@@ -12,26 +12,28 @@ so with guidance the cached calls also reuse the guidance direction: they run th
 
 import torch
 
-from ..models.dico import FeatureCache
+from ..models import FeatureCache, combine_guidance, resolve_guidance_channels
 
 
 class DeepCache:
     """A sampler-facing model callable `(x, t, y)` with a refresh schedule; guidance is applied here when on.
 
     With `cfg_scale != 1` the batch is laid out [cond; uncond] as for `forward_with_cfg`, and refresh calls return
-    exactly what `forward_with_cfg` returns.
+    exactly what `forward_with_cfg` returns. With `cache_guidance` (the default) cached calls run the conditional
+    half only and estimate the unconditional output as cond - (cond - uncond of the last full call); without it they
+    run both halves.
     """
 
     def __init__(self, model, interval: int, depth: int = 1, cfg_scale: float = 1.0, guidance_channels=3,
-                 reuse_guidance: bool = True):
+                 cache_guidance: bool = True):
         if not hasattr(model, "encoder_level_1"):
             raise ValueError("DeepCache needs the DiCo U-shape; this model has none")
         if interval < 1:
             raise ValueError(f"cache interval must be >= 1, got {interval}")
         self.model, self.interval = model, interval
         self.cache = FeatureCache(depth)
-        self.cfg_scale, self.reuse_guidance = cfg_scale, reuse_guidance
-        self.channels = model.in_channels if guidance_channels in (None, "all") else int(guidance_channels)
+        self.cfg_scale, self.cache_guidance = cfg_scale, cache_guidance
+        self.channels = resolve_guidance_channels(guidance_channels, model.in_channels)
         self.calls = 0
         self.direction = None  # cond - uncond on the guided channels, from the last full call
 
@@ -41,16 +43,14 @@ class DeepCache:
         self.cache.refresh = refresh
         if self.cfg_scale == 1.0:
             return self.model(x, t, y, cache=self.cache)
-        n, c, s = len(x) // 2, self.channels, self.cfg_scale
-        if refresh or not self.reuse_guidance:
-            # forward_with_cfg's arithmetic, keeping the guidance direction for the cached calls that follow.
+        n, c = len(x) // 2, self.channels
+        if refresh or not self.cache_guidance:
+            # forward_with_cfg, keeping the guidance direction for the cached calls that follow.
             half = x[:n]
-            out = self.model(torch.cat([half, half]), t, y, cache=self.cache)
-            cond, uncond = out[:n, :c], out[n:, :c]
-            self.direction = cond - uncond
-            guided = uncond + s * self.direction
-            return torch.cat([torch.cat([guided, guided]), out[:, c:]], dim=1)
+            cond, uncond = self.model(torch.cat([half, half]), t, y, cache=self.cache).chunk(2)
+            self.direction = cond[:, :c] - uncond[:, :c]
+            return combine_guidance(cond, uncond, self.cfg_scale, c)
         half_cache = FeatureCache(self.cache.depth, refresh=False, features=self.cache.features[:n])
         cond = self.model(x[:n], t[:n], y[:n], cache=half_cache)
-        guided = torch.cat([cond[:, :c] + (s - 1) * self.direction, cond[:, c:]], dim=1)
-        return torch.cat([guided, guided], dim=0)
+        uncond = torch.cat([cond[:, :c] - self.direction, cond[:, c:]], dim=1)
+        return combine_guidance(cond, uncond, self.cfg_scale, c)

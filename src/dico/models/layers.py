@@ -1,0 +1,339 @@
+"""Building blocks shared by DiCo and DiT: how a model records its config, the conditioning embedders, the fast-path
+ops the blocks are written in, and classifier-free guidance.
+
+The fast-path ops give the same answer as the plain PyTorch formulation (tests/test_fast_paths.py writes it out) and
+take shortcuts only in eager inference on CPU, where they pay: in-place element-wise ops, oneDNN convolutions called
+directly, cached low-precision weights under autocast. Under autograd, and while torch.compile traces the model, every
+op is the plain one, so training, DDP, the compiler and FlopCounterMode see an ordinary PyTorch model.
+"""
+
+import copy
+import functools
+import inspect
+import math
+import weakref
+from typing import TypedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+
+# Configuration: a model's constructor keyword arguments are its config, declared once in the signature (as
+# diffusers' register_to_config does). `model.config` holds them, defaults filled in; `model.spec` adds the registered
+# name and the architecture, which is what a checkpoint needs to rebuild the model.
+class ModelConfig(dict):
+    """A model's constructor arguments: a plain JSON-able dict whose keys also read as attributes
+    (`model.config.hidden_size`)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no field {key!r}") from None
+
+
+class ModelSpec(TypedDict):
+    """Everything needed to rebuild a model: `build_model(spec)`. Stored in checkpoints as this plain dict."""
+
+    name: str | None  # the registered name ("DiCo-S"), None for a model built from its class directly
+    arch: str  # "dico" | "dit"
+    config: dict  # the constructor's keyword arguments
+
+
+def config_fields(cls) -> list:
+    """The config fields of a model class: the keyword arguments of its constructor, except `name`."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "name")]
+
+
+def resolve_config(cls, **kwargs) -> dict:
+    """The full config `cls(**kwargs)` records: every field, defaults filled in, tuples as lists (JSON-able)."""
+    unknown = sorted(set(kwargs) - set(config_fields(cls)))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no option(s) {unknown}; valid options: {sorted(config_fields(cls))}")
+    bound = inspect.signature(cls.__init__).bind_partial(**kwargs)
+    bound.apply_defaults()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k in config_fields(cls)}
+
+
+def records_config(init):
+    """Decorates a model's `__init__(self, *, name=None, **config)`: after construction the model carries
+    `model.config` (a ModelConfig) and `model.spec` (a ModelSpec with the class's `arch`)."""
+
+    @functools.wraps(init)
+    def wrapper(self, *, name=None, **kwargs):
+        init(self, **kwargs)
+        config = resolve_config(type(self), **kwargs)
+        self.config = ModelConfig(config)
+        self.spec = ModelSpec(name=name, arch=self.arch, config=copy.deepcopy(config))
+
+    return wrapper
+
+
+# Conditioning embedders: sinusoidal timesteps and class labels.
+def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps, cos half first as in GLIDE/DiT."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Timestep -> sinusoidal features -> MLP(SiLU) -> vector of `hidden_size`."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = timestep_frequencies(t, self.frequency_embedding_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+def drop_labels(labels: torch.Tensor, num_classes: int, prob: float, force_drop_ids=None) -> torch.Tensor:
+    """Replace labels by the null class `num_classes`, at random (training) or where force_drop_ids == 1."""
+    if force_drop_ids is None:
+        drop = torch.rand(labels.shape[0], device=labels.device) < prob
+    else:
+        drop = force_drop_ids == 1
+    return torch.where(drop, num_classes, labels)
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> vector, one table per output width.
+
+    The table has a extra null row (index `num_classes`) whenever label dropout is on, which is what
+    classifier-free guidance uses. `num_classes=0` gives an unconditional model: every label is the null one.
+    DiT names its single table `embedding_table`; DiCo names its three `embedding_table_0/1/2`.
+    """
+
+    def __init__(self, num_classes: int, hidden_sizes, dropout_prob: float, names=None):
+        super().__init__()
+        hidden_sizes = list(hidden_sizes)
+        names = names or [f"embedding_table_{i}" for i in range(len(hidden_sizes))]
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        # Our trainer draws label dropout per sample from keyed generators (so results do not depend on batch
+        # split or process count) and switches the module's own random drop off.
+        self.drop_in_forward = True
+        rows = num_classes + int(dropout_prob > 0 or num_classes == 0)
+        self.table_names = names
+        for name, width in zip(names, hidden_sizes):
+            self.add_module(name, nn.Embedding(rows, width))
+
+    @property
+    def tables(self):
+        return [getattr(self, n) for n in self.table_names]
+
+    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids=None):
+        if self.num_classes == 0:
+            labels = torch.zeros_like(labels)
+        elif (train and self.dropout_prob > 0 and self.drop_in_forward) or force_drop_ids is not None:
+            labels = drop_labels(labels, self.num_classes, self.dropout_prob, force_drop_ids)
+        return [table(labels) for table in self.tables]
+
+
+# The network keeps its feature maps in channels-last memory (NCHW shape, NHWC storage): oneDNN runs 1x1 and
+# depthwise convolutions several times faster in that layout, and a channel LayerNorm becomes a plain last-dim
+# layer_norm on a free permuted view. The helpers below work on that NHWC view, so no op copies to change layout.
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def eager_inference() -> bool:
+    """Whether the inference shortcuts apply: outside autograd and outside torch.compile's tracing (the compiler
+    plans buffers and fuses element-wise ops itself, and traces the plain ops without graph breaks)."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def autocast_dtype(device_type: str):
+    """The dtype autocast computes in on this device type, or None when autocast is off (or has no such device, e.g.
+    "meta")."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+# In eager inference we overwrite intermediates we own instead of allocating a new map for every element-wise op.
+# Besides saving bandwidth this matters on glibc: blocks larger than its mmap threshold (at most 32 MiB, e.g. the
+# fp32 FFN map of DiCo-S at batch 16) are fresh mmaps whose pages the kernel zero-fills on first touch, which made
+# such ops 4-5x slower than the same op writing into an existing buffer (measured; see BENCHMARKS.md).
+def reuse(t: torch.Tensor):
+    """`out=` argument for an op whose result may overwrite `t`: t itself in eager inference, else None."""
+    return t if eager_inference() else None
+
+
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """adaLN: a channel LayerNorm (no affine) of x, modulated by per-sample shift and scale as one fused
+    multiply-add (addcmul).
+
+    Under bf16 autocast the result feeds a bf16 convolution, so we normalise in bf16 straight away (the kernel
+    accumulates in fp32) instead of letting autocast produce an fp32 map that the next conv casts again: the
+    fp32 residual stream is read once and the rest of the work moves half the bytes. In eager inference the
+    modulation writes over the normalised map instead of into a fresh one (see `reuse`).
+    """
+    low = autocast_dtype(x.device.type)
+    if low is not None:  # (autocast would also run layer_norm in fp32 on a map that is already bf16)
+        with torch.autocast(x.device.type, enabled=False):
+            return modulated_norm(x.to(low), shift.to(low), scale.to(low), eps)
+    h = F.layer_norm(nhwc(x), (x.shape[1],), eps=eps)
+    return nchw(torch.addcmul(shift[:, None, None, :], h, 1 + scale[:, None, None, :], out=reuse(h)))
+
+
+def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The block's activation ("gelu" | "relu") on an NCHW map in channels-last memory, applied on the plainly
+    contiguous NHWC view (the bf16 GELU kernel is about 2x faster there than on channels-last strides); in place in
+    eager inference."""
+    v = nhwc(x)
+    in_place = eager_inference()
+    if kind == "gelu":
+        return nchw(torch.ops.aten.gelu_(v) if in_place else F.gelu(v))
+    return nchw(F.relu(v, inplace=in_place))
+
+
+# Inference under bf16 autocast: autocast casts every fp32 weight again on every call, which at small batches moves
+# as many bytes as the activations do. In eager inference we keep the low-precision copy between calls and refresh
+# it whenever the parameter changes in place (its version counter moves: optimizer steps, load_state_dict, p.copy_).
+# Writes through `param.data` bypass that counter: call `clear_inference_cache()` after such edits. Convolution
+# weights are kept channels-last, the layout oneDNN wants for channels-last inputs (else it copies 3x3 weights
+# on every call).
+_INFERENCE_WEIGHTS = {}  # id(param) -> (weakref to param, (version, data_ptr, dtype), low-precision copy)
+
+
+def clear_inference_cache():
+    _INFERENCE_WEIGHTS.clear()
+
+
+def inference_weight(param, dtype):
+    if param is None:
+        return None
+    key = (param._version, param.data_ptr(), dtype)
+    hit = _INFERENCE_WEIGHTS.get(id(param))
+    if hit is None or hit[0]() is not param or hit[1] != key:
+        pid = id(param)
+        ref = weakref.ref(param, lambda _, pid=pid: _INFERENCE_WEIGHTS.pop(pid, None))
+        copy = param.detach().to(dtype)
+        if copy.ndim == 4:
+            copy = copy.contiguous(memory_format=torch.channels_last)
+        hit = _INFERENCE_WEIGHTS[pid] = (ref, key, copy)
+    return hit[2]
+
+
+ONEDNN_BUILT = torch.backends.mkldnn.is_available()
+
+
+def mkldnn_convolution_flops(x_shape, w_shape, bias_shape, padding, stride, dilation, groups, *args, out_shape=None,
+                             **kwargs) -> int:
+    """FLOPs of the oneDNN convolution `conv` calls in fp32 inference, so FlopCounterMode counts it as it counts
+    aten.convolution (its weight is (out, in / groups, kH, kW) as for a plain convolution)."""
+    return flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+if torch.ops.aten.mkldnn_convolution not in flop_counter.flop_registry:  # (a torch that counts it keeps its formula)
+    flop_counter.register_flop_formula(torch.ops.aten.mkldnn_convolution)(mkldnn_convolution_flops)
+
+
+def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), with cached low-precision weights for eager inference under autocast (see above). fp32 eager
+    inference on CPU calls oneDNN directly (unless the user turned it off with torch.backends.mkldnn): for 1x1
+    kernels at batch < 16 on one thread ATen picks its im2col + sgemm path instead, about 1.7x slower here
+    (BENCHMARKS.md). FlopCounterMode counts that call through the formula registered above."""
+    if not eager_inference():
+        return layer(x)
+    low = autocast_dtype(x.device.type)
+    if low is None:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_BUILT and torch.backends.mkldnn.enabled:
+            return torch.mkldnn_convolution(x, layer.weight, layer.bias, layer.padding, layer.stride, layer.dilation,
+                                            layer.groups)
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low),
+                        layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), with cached low-precision weights for eager inference under autocast (see above)."""
+    low = autocast_dtype(x.device.type)
+    if low is None or not eager_inference():
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(low), inference_weight(layer.weight, low), inference_weight(layer.bias, low))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None = None):
+    """x + gate * h in one pass (addcmul) instead of a multiply then an add; in eager inference it overwrites h (the
+    branch's fresh output; never x, the block's input), or writes into `out` when given."""
+    v = nhwc(h)
+    if out is not None:
+        out = nhwc(out)
+    elif eager_inference() and torch.result_type(x, h) == h.dtype:  # (an fp32 x with a bf16 branch gives fp32)
+        out = v
+    return nchw(torch.addcmul(nhwc(x), gate[:, None, None, :], v, out=out))
+
+
+# glibc serves blocks of 32 MiB and more with fresh mmaps, whose pages the kernel zero-fills on every call (e.g. the
+# fp32 FFN map of DiCo-S at batch 16: 32 MiB); inference keeps each slice's hidden map at or below this.
+FFN_CHUNK_BYTES = 16 << 20
+
+
+def ffn_chunks(h: torch.Tensor, hidden_channels: int) -> int:
+    """How many batch slices inference runs the FFN in (1 outside eager inference: autograd keeps every map anyway)."""
+    if not eager_inference():
+        return 1
+    per_sample = hidden_channels * h.shape[2] * h.shape[3] * h.element_size()  # conv4 keeps h's dtype
+    return max(1, min(len(h), -(-len(h) * per_sample // FFN_CHUNK_BYTES)))
+
+
+def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """Per-sample channel weights (N, C) of CCA / SE on the vector of channel means. For a bf16 map the sums are a
+    (1 x HW) @ (HW x C) matmul per sample, which reads the map once and accumulates in fp32: ATen's bf16 mean
+    (and AdaptiveAvgPool2d under autocast) first copies the whole map to fp32."""
+    v = nhwc(h)
+    if v.dtype == torch.bfloat16:
+        n, height, width, channels = v.shape
+        sums = torch.bmm(v.new_ones(n, 1, height * width), v.reshape(n, height * width, channels))
+        z = sums.view(n, channels).float() / (height * width)
+    else:
+        z = v.mean(dim=(1, 2))
+    for layer in ca[1:]:  # ca[0], the pooling, is the mean above; the 1x1 convs act on a vector: F.linear
+        z = F.linear(z, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(z)
+    return z
+
+
+def scale_channels(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """h * w[:, :, None, None] on the NHWC view, in place in eager inference."""
+    v = nhwc(h)
+    return nchw(torch.mul(v, w.to(h.dtype)[:, None, None, :], out=reuse(v)))
+
+
+# Classifier-free guidance, for DiCo, DiT and the cached sampler alike: a batch laid out [cond half; uncond half]
+# (labels of the second half are the null class), guidance on the first few output channels only.
+def resolve_guidance_channels(requested, in_channels: int) -> int:
+    """How many leading output channels guidance acts on: `requested` (3, the official rule, kept for
+    reproducibility), or every noise channel for "all" or None; never more than the model's `in_channels` (a grey
+    pixel model has one noise channel, then its learned variance)."""
+    if requested in (None, "all"):
+        return in_channels
+    return min(int(requested), in_channels)
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
+    """The guided output of a [cond; uncond] batch from the outputs of its two halves: both halves get
+    uncond + scale * (cond - uncond) on the first `channels` channels, and keep their own remaining channels (the
+    learned variance is never guided)."""
+    guided = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
+    return torch.cat([torch.cat([guided, cond[:, channels:]], dim=1), torch.cat([guided, uncond[:, channels:]], dim=1)])
