@@ -179,14 +179,16 @@ plenty), or `DDIMScheduler.from_config(...)`. A web demo: `dico demo --ckpt path
 """
 
 
-def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload a pipeline folder to the Hugging Face Hub (creating the repo); returns the repo URL."""
+def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None = None,
+                endpoint: str | None = None) -> str:
+    """Upload a pipeline folder to the Hugging Face Hub (creating the repo); returns the repo URL.
+    `endpoint`: another Hub server (default: huggingface.co, or HF_ENDPOINT)."""
     from huggingface_hub import HfApi
 
     out_dir = Path(out_dir)
     if not (out_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{out_dir} is not a pipeline folder (no model_index.json); write it with save_pipeline")
-    api = HfApi(token=token)
+    api = HfApi(token=token, endpoint=endpoint)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, commit_message="Upload DiCo pipeline (dico)")

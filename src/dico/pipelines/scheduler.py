@@ -52,6 +52,9 @@ class DiCoScheduler(SchedulerMixin, ConfigMixin):
             self.betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
         else:
             self.betas = named_beta_schedule(beta_schedule, num_train_timesteps)
+        # diffusers' from_config drops keys a config left at their defaults, so that the new scheduler uses its own
+        # (DDIMScheduler clips x_0 by default, wrong for latents); every key here defines the process: keep them all.
+        self.register_to_config(_use_default_values=[])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.processes = {}
