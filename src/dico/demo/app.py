@@ -24,6 +24,7 @@ SAMPLERS = {
 }
 MAX_IMAGES = 64  # per click: sampling runs on whatever device the server has, often a CPU
 MAX_STEPS = 1000
+MAX_GUIDANCE = 10.0
 MIN_DISPLAY_SIDE = 128  # small images (8x8 digits) are enlarged by pixel repetition so they stay crisp
 
 
@@ -63,8 +64,8 @@ def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, samp
     if not 1 <= steps <= MAX_STEPS:
         raise gr.Error(f"Steps must lie between 1 and {MAX_STEPS} (the model was trained on {MAX_STEPS} noise "
                        f"levels), got {steps}.")
-    if guidance_scale is None or not 1.0 <= float(guidance_scale) <= 20.0:
-        raise gr.Error(f"Guidance scale must lie between 1 (off) and 20, got {guidance_scale}.")
+    if guidance_scale is None or not 1.0 <= float(guidance_scale) <= MAX_GUIDANCE:
+        raise gr.Error(f"Guidance scale must lie between 1 (off) and {MAX_GUIDANCE:g}, got {guidance_scale}.")
     if sampler not in pipes:
         raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(pipes)}.")
     pipe = pipes[sampler]
@@ -123,7 +124,7 @@ def build_demo(pipeline_or_source, device=None) -> gr.Blocks:
                 classes = gr.Dropdown(choices, value=choices[:1], multiselect=True, filterable=True,
                                       label="Classes", info="type to search", elem_id="classes")
                 per_class = gr.Number(value=4, precision=0, label="Images per class", elem_id="per_class")
-                guidance = gr.Slider(1.0, 10.0, value=1.5, step=0.1, label="Guidance scale",
+                guidance = gr.Slider(1.0, MAX_GUIDANCE, value=1.5, step=0.1, label="Guidance scale",
                                      info="1 = off; the official protocol uses 1.5", elem_id="guidance")
                 steps = gr.Number(value=250, precision=0, label="Steps", info=f"1 to {MAX_STEPS}; official: 250 "
                                   "(DDPM); DPM-Solver++ needs about 25", elem_id="steps")
