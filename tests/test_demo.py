@@ -214,3 +214,25 @@ def test_served_digits_are_the_requested_digits(trained_digits, tmp_path):
     accuracy = (predicted == wanted).mean()
     print(f"Digits classifier agrees with the requested digit on {accuracy:.0%} of the demo's samples")
     assert accuracy >= 0.8
+
+
+@pytest.mark.slow
+def test_converted_digits_model_makes_the_digits_of_dico_sample(trained_digits, tmp_path, monkeypatch):
+    """The issue's end-to-end check: checkpoint -> pipeline folder -> diffusers' generic loader, offline -> the same
+    digits as `dico sample` for the same seed."""
+    from diffusers import DiffusionPipeline
+
+    from dico.cli import main as cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = save_pipeline(trained_digits, tmp_path / "dico-digits")
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    npz = tmp_path / "dico-sample.npz"
+    assert cli(["sample", "--ckpt", str(trained_digits), "--classes", ",".join(map(str, labels)), "--num-samples", "10",
+                "--cfg-scale", "1.5", "--seed", "3", "--out", str(npz)]) == 0  # the defaults: 250 DDPM steps
+    got = np.stack([np.asarray(image) for image in pipe(labels, seed=3).images])
+    with np.load(npz) as f:
+        np.testing.assert_array_equal(got, f["arr_0"])
+    assert ((got > 0) & (got < 255)).mean() > 0.1  # real digits with grey edges, not saturated noise

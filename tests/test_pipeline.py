@@ -74,7 +74,8 @@ def folder(checkpoint, tmp_path_factory):
 def test_component_config_is_the_constructor_signature():
     for network_class, component_class in ((DiCo, DiCo2DModel), (DiT, DiT2DModel)):
         keywords = list(inspect.signature(network_class.__init__).parameters)[1:]
-        component = component_class()
+        with torch.device("meta"):  # the defaults are full-size networks: no need to fill their weights
+            component = component_class()
         assert [k for k in component.config if not k.startswith("_")] == keywords
         assert isinstance(component, network_class)
 

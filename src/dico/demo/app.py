@@ -99,11 +99,12 @@ def whole_number(value, what: str) -> int:
     return int(float(value))
 
 
-def build_demo(pipeline_or_source, device=None) -> gr.Blocks:
-    """The demo page for a DiCoPipeline, a pipeline folder or any checkpoint `dico sample` reads."""
+def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=None) -> gr.Blocks:
+    """The demo page for a DiCoPipeline, a pipeline folder or any checkpoint `dico sample` reads (official ones need
+    the model `name`, e.g. "DiCo-XL"; `vae` overrides a latent model's decoder)."""
     pipe = pipeline_or_source
     if not isinstance(pipe, DiCoPipeline):
-        pipe = load_pipeline(pipeline_or_source)
+        pipe = load_pipeline(pipeline_or_source, name=name, vae=vae)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipe.to(device)
     pipes = sampler_pipelines(pipe)
@@ -141,8 +142,10 @@ def build_demo(pipeline_or_source, device=None) -> gr.Blocks:
     return demo
 
 
-def launch(source, port: int = 7860, host: str = "127.0.0.1", device=None, share: bool = False, **launch_kwargs):
-    """Serve the demo for a checkpoint or pipeline folder (blocks until stopped, unless prevent_thread_lock=True)."""
-    demo = build_demo(source, device)
+def launch(source, port: int = 7860, host: str = "127.0.0.1", device=None, name: str | None = None, vae=None,
+           share: bool = False, **launch_kwargs) -> gr.Blocks:
+    """Serve the demo for a checkpoint or pipeline folder at http://host:port (blocks until stopped, unless
+    prevent_thread_lock=True is passed on to Gradio's launch)."""
+    demo = build_demo(source, device, name=name, vae=vae)
     demo.queue().launch(server_name=host, server_port=port, share=share, **launch_kwargs)
     return demo
