@@ -302,3 +302,32 @@ def test_push_to_hub_without_network_says_what_to_do(folder):
         push_to_hub(folder, "someone/dico-digits", token="hf_not_a_real_token", endpoint=f"http://127.0.0.1:{port}")
     with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
         push_to_hub(folder / "transformer", "someone/dico-digits")
+
+
+def test_official_checkpoint_converts_with_its_vae_and_imagenet_class_names(tmp_path, monkeypatch):
+    """An official-format checkpoint ({"model", "ema", "args"}) of DiCo-S, a local VAE folder: a latent pipeline with
+    ImageNet's class names that loads offline and samples as dico does."""
+    import argparse
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    vae_dir = tmp_path / "vae"
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  layers_per_block=1).save_pretrained(vae_dir)
+    network = random_network(model_spec("DiCo-S"), std=0.02)
+    ckpt = tmp_path / "0400000.pt"
+    torch.save({"model": network.state_dict(), "ema": network.state_dict(), "args": argparse.Namespace(model="DiCo-S")},
+               ckpt)
+    folder = save_pipeline(ckpt, tmp_path / "dico-s", vae=str(vae_dir), name="DiCo-S", image_size=64)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["sample_size"] == 8
+    assert "official DiCo release" in (folder / "README.md").read_text()
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    labels = pipe.get_label_ids(["golden retriever", "tabby"])
+    assert labels == [207, 281]
+    space = OutputSpace(8, 4, vae=str(vae_dir))
+    expected = generate(network, space, range(2), torch.tensor(labels), SamplingOptions(steps=3, cfg_scale=1.5, seed=0),
+                        vae=pipe.vae)
+    np.testing.assert_array_equal(images(pipe(labels, num_inference_steps=3, seed=0)), expected)
