@@ -115,7 +115,8 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
     if train:
         keep = ("model", "data", "max_steps", "global_batch", "lr", "betas", "weight_decay", "warmup_steps",
                 "ema_decay", "precision", "diffusion_steps", "noise_schedule", "seed")
-        recipe = "\n".join(f"| {k} | {train[k]} |" for k in keep if k in train)
+        shown = {**train, "data": train.get("data") or "the bundled digits"}
+        recipe = "\n".join(f"| {k} | {shown[k]} |" for k in keep if k in train)
         step = checkpoint.get("step")
         recipe = (f"Trained with `dico train`{f' for {step} steps' if step is not None else ''}; EMA weights.\n\n"
                   f"| setting | value |\n|---|---|\n{recipe}")
@@ -135,7 +136,6 @@ tags:
 - dico
 - class-conditional
 - image-generation
-pipeline_tag: unconditional-image-generation
 ---
 
 # {model_name} (DiCo pipeline)
@@ -148,7 +148,8 @@ compact channel attention, conditioned on timestep and class through adaLN. Conv
   `{json.dumps(config)}`
 - Output: {space}; {len(labels)} classes
 - Sampling (default): iDDPM ancestral sampling with the learned-range variance, 250 steps, classifier-free guidance
-  on the first 3 channels (the official protocol); `{type(pipe.scheduler).__name__}` config
+  1.5 on the first 3 noise channels (fewer if the model has fewer): the official protocol;
+  `{type(pipe.scheduler).__name__}` config
   `{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")})}`
 
 ## Training
