@@ -143,6 +143,8 @@ def browser():
 
 def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    elsewhere = []
+    page.on("request", lambda r: None if r.url.startswith((live.url, "data:", "blob:")) else elsewhere.append(r.url))
     page.goto(live.url, wait_until="networkidle")
     assert page.title() == "DiCo demo"
     page.locator("#steps input").fill("20")
@@ -154,6 +156,7 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     page.screenshot(path=str(shot), full_page=True)
     keep(shot)
     assert Image.open(shot).size[0] == 1280
+    assert not elsewhere, f"the page fetched from outside the local server (fails offline): {elsewhere}"
 
     page.locator("#steps input").fill("5000")
     page.locator("#generate").click()

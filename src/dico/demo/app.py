@@ -116,7 +116,7 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
     def run(classes, per_class, guidance_scale, steps, sampler, seed, random_seed, progress=gr.Progress()):
         return generate_images(pipes, classes, per_class, guidance_scale, steps, sampler, seed, random_seed, progress)
 
-    with gr.Blocks(title="DiCo demo") as demo:
+    with gr.Blocks(title="DiCo demo", analytics_enabled=False) as demo:  # a local page: nothing sent anywhere
         gr.Markdown(f"# DiCo: class-conditional images\n`{type(model).__name__}` "
                     f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), {len(choices)} classes, "
                     f"{'latent' if pipe.vae is not None else 'pixel'} space, running on {device}.")

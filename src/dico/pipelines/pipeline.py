@@ -10,7 +10,6 @@ import inspect
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
