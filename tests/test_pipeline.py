@@ -331,3 +331,13 @@ def test_official_checkpoint_converts_with_its_vae_and_imagenet_class_names(tmp_
     expected = generate(network, space, range(2), torch.tensor(labels), SamplingOptions(steps=3, cfg_scale=1.5, seed=0),
                         vae=pipe.vae)
     np.testing.assert_array_equal(images(pipe(labels, num_inference_steps=3, seed=0)), expected)
+
+
+def test_dit_models_run_in_the_same_pipeline():
+    network = random_network(model_spec("DiT-S/2", input_size=8, in_channels=1, num_classes=10, depth=2,
+                                        hidden_size=64, num_heads=2))
+    pipe = pipeline_from_network(network, SPACE)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.transformer, DiT2DModel)
+    expected = generate(network, SPACE, range(2), torch.tensor([1, 2]), SamplingOptions(steps=5, cfg_scale=2.0, seed=1))
+    np.testing.assert_array_equal(images(pipe([1, 2], guidance_scale=2.0, num_inference_steps=5, seed=1)), expected)
