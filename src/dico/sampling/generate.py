@@ -34,21 +34,13 @@ def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Te
     return keyed_randint([(seed, PURPOSES["label"], i) for i in indices], num_classes)
 
 
-def guidance_channels(model, options: SamplingOptions):
-    if options.guidance_channels == "all":
-        return "all"
-    # The official 3-channel rule assumes 4 latent channels; a grey pixel model has 1 noise channel.
-    return min(int(options.guidance_channels), model.in_channels)
-
-
 def guided_model(model, options: SamplingOptions):
     """The callable the sampler runs: plain, or classifier-free guidance over a [cond; uncond] batch."""
     if options.cfg_scale == 1.0:
         return model
-    channels = guidance_channels(model, options)
 
-    def guided(x, t, y):
-        return model.forward_with_cfg(x, t, y, options.cfg_scale, channels)
+    def guided(x, t, y):  # the model resolves the channels (3 = official, "all", at most its noise channels)
+        return model.forward_with_cfg(x, t, y, options.cfg_scale, options.guidance_channels)
 
     return guided
 
@@ -77,7 +69,7 @@ def sampler_callable(model, options: SamplingOptions, flow_time):
         if tuple(options.guidance_interval) != (0.0, 1.0):
             raise ValueError("DeepCache (cache_interval > 1) and a guidance interval cannot be combined")
         return DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
-                         guidance_channels(model, options), options.cache_guidance)
+                         options.guidance_channels, cache_guidance=options.cache_guidance)
     return interval_guided(model, options, flow_time)
 
 

@@ -292,10 +292,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if repa_config.enabled:  # items become (x, y, encoder tokens of the same image)
         dataset, repa_dim = repa_dataset(dataset, config.repa_encoder)
     spec = model_spec(config.model, **{"in_channels": facts.in_channels, "num_classes": facts.num_classes,
-                                       **config.model_overrides})
-    if spec["arch"] == "dit":
-        spec = model_spec(config.model, input_size=facts.resolution,
-                          **{k: v for k, v in spec["config"].items() if k != "input_size"})
+                                       "input_size": facts.resolution, **config.model_overrides})
     micro = config.micro_batch or config.global_batch // env.world
     if micro < 1 or config.global_batch % (env.world * micro):
         raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
@@ -382,6 +379,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 "space": space,
                 "config": asdict(config),
                 "objective": objective,
+                "class_names": facts.class_names,  # what the classes are called (pipelines, the web demo)
                 "data": data_record,
                 "world": env.world,  # provenance: how many processes trained it
                 **extra,

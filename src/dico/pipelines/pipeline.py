@@ -1,0 +1,212 @@
+"""`DiCoPipeline`: class-conditional images from a DiCo (or dico DiT) model through diffusers.
+
+With its default scheduler and a `seed`, a pipeline makes exactly the images of `dico sample` (same seeds, labels
+and settings): image i's initial and per-step noise are keyed by (seed, i) as in `dico.sampling.generate`. With a
+torch `generator` instead it follows diffusers' conventions (noise drawn from that generator).
+"""
+
+import difflib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ..data import LATENT_SCALE, decode_latents
+from ..images import to_uint8
+from ..randomness import PURPOSES, keyed_generator, keyed_randn
+from .scheduler import DiCoScheduler
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+# A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
+LOADER_MODULE = "dico_pipeline"
+LOADER_SOURCE = '''"""Lets `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` load this folder: the
+pipeline is dico's own (pip install dico). `dico.pipelines.DiCoPipeline.from_pretrained(folder)` needs no remote code."""
+
+from dico.pipelines import DiCoPipeline
+
+__all__ = ["DiCoPipeline"]
+'''
+
+
+class DiCoPipeline(DiffusionPipeline):
+    """Class-conditional sampling of a dico model.
+
+    Components: `transformer` (a `DiCo2DModel` or `DiT2DModel`), `scheduler` (default `DiCoScheduler`: iDDPM with the
+    learned variance, as the official sampler; any diffusers scheduler can be swapped in) and `vae` (the decoder of a
+    latent model; None for pixel-space models such as the digits demo).
+    Config: `id2label` (class id -> name(s), comma-separated synonyms), `sample_size` (the model's input side, latent
+    or pixel) and `latent_scale` (latents are divided by it before decoding).
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, transformer, scheduler, vae=None, id2label: dict | None = None, sample_size: int | None = None,
+                 latent_scale: float = LATENT_SCALE):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        if sample_size is None:
+            sample_size = transformer.config.get("input_size")
+        if sample_size is None:
+            raise ValueError("sample_size (the model's input side in pixels or latents) is required for DiCo")
+        id2label = {str(k): str(v) for k, v in (id2label or {}).items()}
+        self.register_to_config(id2label=id2label, sample_size=int(sample_size), latent_scale=float(latent_scale))
+        self.labels = {}
+        for key, names in id2label.items():
+            for name in names.split(","):
+                self.labels.setdefault(name.strip(), int(key))
+
+    # ------------------------------------------------------------------------------------------ saving / loading
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """diffusers' folder, with model_index.json naming dico's pipeline so the generic loader can find it."""
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        index_path = folder / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = [LOADER_MODULE, type(self).__name__]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (folder / f"{LOADER_MODULE}.py").write_text(LOADER_SOURCE)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        # The [module, class] form in model_index.json is for diffusers' generic loader; loading through this class
+        # itself needs no code from the folder.
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = config["_class_name"][-1]
+        return loaded
+
+    # ----------------------------------------------------------------------------------------------- labels
+
+    def get_label_ids(self, label: str | list) -> list:
+        """Class ids of class names (any synonym in id2label), e.g. ["golden retriever", "tabby"] -> [207, 281]."""
+        names = [label] if isinstance(label, str) else list(label)
+        ids = []
+        for name in names:
+            if name not in self.labels:
+                close = difflib.get_close_matches(str(name), self.labels, n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"{name!r} is not a class name of this model.{hint} See pipe.labels for all names.")
+            ids.append(self.labels[name])
+        return ids
+
+    def label_tensor(self, class_labels) -> torch.Tensor:
+        num_classes = self.transformer.config.num_classes
+        if class_labels is None:
+            raise ValueError("class_labels is required: one class id or name per image")
+        if isinstance(class_labels, (int, str)) or torch.is_tensor(class_labels) and class_labels.ndim == 0:
+            class_labels = [class_labels]
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in list(class_labels)]
+        if not ids:
+            raise ValueError("class_labels is empty: ask for at least one image")
+        bad = [c for c in ids if not 0 <= c < max(num_classes, 1)]
+        if bad:
+            raise ValueError(f"class ids must lie in [0, {num_classes}), got {bad}")
+        return torch.tensor(ids, dtype=torch.long)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def __call__(self, class_labels, guidance_scale: float = 1.5, num_inference_steps: int = 250,
+                 generator=None, seed: int | None = None, guidance_channels: int | str = 3,
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None):
+        """Images of `class_labels` (one per label: ids, or names from `id2label`).
+
+        guidance_scale: classifier-free guidance (1 = off; the official FID protocol uses 1.5 with 250 steps).
+        guidance_channels: guide the first N output channels (official: 3, clamped to the model's channels) or "all".
+        seed: image i's noise is keyed by (seed, i), exactly as `dico sample --seed` (then leave `generator` None).
+        generator: a torch.Generator (or one per image) drawing the noise the diffusers way.
+        output_type: "pil" (RGB images, quantised as `dico sample` writes them), "np" (float (N, H, W, C) in
+            [0, 1]) or "latent" (the model's raw samples: latents, or pixels in [-1, 1] for pixel models).
+        callback_on_step_end(pipe, step, timestep, {"latents": x}): called after every step (e.g. progress).
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed (dico's keyed noise) or generator (diffusers' noise), not both")
+        model = self.transformer
+        device = self._execution_device
+        labels = self.label_tensor(class_labels).to(device)
+        n, channels, size = len(labels), model.config.in_channels, self.config.sample_size
+        guided = guidance_scale != 1.0
+        if guided and not model.config.class_dropout_prob > 0:
+            raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class); "
+                             "use guidance_scale=1")
+        if guidance_channels != "all":
+            guidance_channels = min(int(guidance_channels), channels)  # a grey pixel model has one noise channel
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+        shape = (channels, size, size)
+        if seed is not None:
+            x = keyed_randn([(seed, PURPOSES["sample_init"], i) for i in range(n)], shape, device)
+        else:
+            x = randn_tensor((n, *shape), generator=generator, device=device, dtype=torch.float32)
+        x = x * self.scheduler.init_noise_sigma
+        y = labels
+        if guided:  # [cond; uncond] halves, as dico's sampler and the official one lay them out
+            x, y = torch.cat([x, x]), torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
+        noise_for_step = self.step_noise(seed, generator, n, shape, guided, device)
+
+        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(x, t).to(model.dtype)
+            timesteps = torch.full((len(x),), int(t), dtype=torch.long, device=device)
+            if guided:
+                output = model.forward_with_cfg(model_input, timesteps, y, guidance_scale, guidance_channels)
+            else:
+                output = model(model_input, timesteps, y)
+            x = self.scheduler.step(self.scheduler_input(output, channels), t, x, **noise_for_step(step)).prev_sample
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, step, t, {"latents": x})
+        samples = x[:n]
+
+        if output_type == "latent":
+            images = samples
+        else:
+            if self.vae is not None:
+                samples = decode_latents(self.vae, samples, self.config.latent_scale)
+            if output_type == "pil":
+                images = [Image.fromarray(image) for image in to_uint8(samples)]
+            else:
+                images = (samples.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def scheduler_input(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The part of a learned-variance output (eps, v) a scheduler takes: ours, and DDPM with a learned variance
+        type, read the variance themselves; every other diffusers scheduler takes the noise prediction only."""
+        if output.shape[1] != 2 * channels:
+            return output
+        variance_type = getattr(self.scheduler.config, "variance_type", None)
+        if isinstance(self.scheduler, DiCoScheduler) or (
+                isinstance(self.scheduler, DDPMScheduler) and variance_type in ("learned", "learned_range")):
+            return output
+        return output[:, :channels]
+
+    def step_noise(self, seed, generator, n, shape, guided, device):
+        """step -> keyword arguments of scheduler.step giving it this step's fresh noise."""
+        parameters = inspect.signature(self.scheduler.step).parameters
+        if seed is None:
+            if "generator" not in parameters:
+                return lambda step: {}
+            if isinstance(generator, list) and guided:
+                generator = generator + generator  # one per image of both halves; the uncond half is discarded
+            return lambda step: {"generator": generator}
+        if "variance_noise" in parameters:  # dico's keyed per-step noise, exactly as dico.sampling.generate draws it
+            def keyed(step):
+                eps = keyed_randn([(seed, PURPOSES["sample_step"], i, step) for i in range(n)], shape, device)
+                return {"variance_noise": torch.cat([eps, eps]) if guided else eps}
+            return keyed
+        if "generator" in parameters:  # one generator per image: still independent of the batch
+            per_image = [keyed_generator(seed, PURPOSES["sample_step"], i) for i in range(n)]
+            if guided:
+                per_image += [keyed_generator(seed, PURPOSES["sample_step"], i) for i in range(n)]
+            return lambda step: {"generator": per_image}
+        return lambda step: {}

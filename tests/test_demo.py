@@ -1,0 +1,241 @@
+"""The web demo against a live local server: through gradio_client and in a real headless browser (chromium)."""
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dico.demo import SAMPLERS, build_demo  # noqa: E402
+from dico.models import build_model, model_spec  # noqa: E402
+from dico.pipelines import pipeline_from_network, save_pipeline  # noqa: E402
+from dico.sampling import OutputSpace  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+DDPM, DDIM, DPM = list(SAMPLERS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveDemo:
+    """The demo served on 127.0.0.1 at a free port, in this process; `close` always shuts it down."""
+
+    def __init__(self, source):
+        self.demo = build_demo(source, device="cpu")
+        self.port = free_port()
+        self.demo.queue().launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
+                                 quiet=True)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def client(self) -> Client:
+        return Client(self.url, verbose=False)
+
+    def close(self):
+        self.demo.close()
+
+
+def artifact(tmp_path: Path, name: str) -> Path:
+    """Where a test saves a screenshot: pytest's tmp dir, copied to $DICO_TEST_ARTIFACTS when set."""
+    return tmp_path / name
+
+
+def keep(path: Path) -> None:
+    print(f"screenshot: {path}")
+    target = os.environ.get("DICO_TEST_ARTIFACTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+        print(f"screenshot copied to {Path(target) / path.name}")
+
+
+def gallery_images(gallery) -> list:
+    return [(np.asarray(Image.open(item["image"]).convert("RGB")), item["caption"]) for item in gallery]
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory):
+    """A digits-shaped pixel DiCo with random non-zero weights, written as a pipeline folder (fast, untrained)."""
+    network = build_model(model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    pipe = pipeline_from_network(network.eval(), OutputSpace(8, 1))
+    folder = tmp_path_factory.mktemp("demo") / "pipeline"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def live(pipeline_folder):
+    server = LiveDemo(pipeline_folder)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_generate_endpoint_returns_the_requested_images(live):
+    gallery, status = live.client().predict(["3", "7"], 2, 2.0, 20, DDPM, 5, False, api_name="/generate")
+    got = gallery_images(gallery)
+    assert [caption for _, caption in got] == ["3", "3", "7", "7"]
+    assert all(image.shape == (128, 128, 3) for image, _ in got)  # 8x8 digits enlarged 16x by pixel repetition
+    assert "4 images" in status and "seed 5" in status
+    # Same settings, same images: the page's seed is dico's seed.
+    again, _ = live.client().predict(["3", "7"], 2, 2.0, 20, DDPM, 5, False, api_name="/generate")
+    for (a, _), (b, _) in zip(got, gallery_images(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_sampler_and_a_random_seed_run(live):
+    client = live.client()
+    for sampler in SAMPLERS:
+        gallery, status = client.predict(["0"], 1, 1.5, 8, sampler, 0, True, api_name="/generate")
+        assert len(gallery) == 1 and sampler in status
+    seeds = {client.predict(["1"], 1, 1.0, 2, DDIM, 0, True, api_name="/generate")[1].split("seed ")[1].split()[0]
+             for _ in range(3)}
+    assert len(seeds) > 1  # "random" draws a new seed per click, and the page says which
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (([], 2, 1.5, 20, DDPM, 0, False), "Pick at least one class"),
+    ((["3"], 0, 1.5, 20, DDPM, 0, False), "Images per class must be at least 1"),
+    ((["3"], 2, 1.5, 100000, DDPM, 0, False), "Steps must lie between 1 and 1000"),
+    ((["3"], 2, 1.5, 0, DDPM, 0, False), "Steps must lie between 1 and 1000"),
+    ((["3", "4"], 40, 1.5, 20, DDPM, 0, False), "at most 64 per click"),
+    ((["3"], 1, 50.0, 20, DDPM, 0, False), "greater than maximum value 10"),  # the slider's own check
+    ((["3"], 1, 1.5, 20, DDPM, -4, False), "Seed must be 0 or more"),
+], ids=["no-class", "zero-images", "absurd-steps", "zero-steps", "too-many", "guidance", "negative-seed"])
+def test_bad_input_gets_a_clear_message(live, inputs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        live.client().predict(*inputs, api_name="/generate")
+
+
+@pytest.fixture()
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) for the browser test")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        # Debian's chromium, never a downloaded one (`playwright install` is not needed).
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    elsewhere = []
+    page.on("request", lambda r: None if r.url.startswith((live.url, "data:", "blob:")) else elsewhere.append(r.url))
+    page.goto(live.url, wait_until="networkidle")
+    assert page.title() == "DiCo demo"
+    page.locator("#steps input").fill("20")
+    page.locator("#generate").click()
+    page.locator("#gallery img").first.wait_for(timeout=60_000)
+    page.get_by_text("images in").first.wait_for(timeout=30_000)
+    assert page.locator("#gallery img").count() >= 4  # the default: 4 images of the first class
+    shot = artifact(tmp_path, "dico-demo.png")
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot)
+    assert Image.open(shot).size[0] == 1280
+    assert not elsewhere, f"the page fetched from outside the local server (fails offline): {elsewhere}"
+
+    page.locator("#steps input").fill("5000")
+    page.locator("#generate").click()
+    message = page.get_by_text("Steps must lie between 1 and 1000")
+    message.first.wait_for(state="visible", timeout=30_000)
+    message.first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)  # let the toast finish fading in before the picture
+    shot = artifact(tmp_path, "dico-demo-bad-input.png")
+    page.screenshot(path=str(shot))
+    keep(shot)
+
+
+def test_demo_builds_from_a_checkpoint_path(tmp_path):
+    from dico.checkpoints import atomic_save
+
+    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
+    network = build_model(spec)
+    path = tmp_path / "0000001.pt"
+    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
+                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
+                 "config": {"data": None}}, path)
+    demo = build_demo(path, device="cpu")
+    assert demo.title == "DiCo demo"
+
+
+# --------------------------------------------------------------------------- a trained model: the right digits
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory):
+    """The digits demo model: $DICO_DEMO_CKPT if set, else DiCo-Tiny trained here for 1500 steps (the demo recipe
+    cut short; its samples are already classified right)."""
+    if os.environ.get("DICO_DEMO_CKPT"):
+        return Path(os.environ["DICO_DEMO_CKPT"])
+    from dico.training import preset, train
+
+    results = tmp_path_factory.mktemp("digits")
+    train(preset("demo", max_steps=1500, ckpt_every=1500, results_dir=str(results), grid_classes=0), progress=False)
+    return sorted((results / "checkpoints").glob("*.pt"))[-1]
+
+
+@pytest.mark.slow
+def test_served_digits_are_the_requested_digits(trained_digits, tmp_path):
+    from dico.evaluation.digits import DigitsFeatures
+
+    folder = save_pipeline(trained_digits, tmp_path / "dico-digits")
+    server = LiveDemo(folder)
+    try:
+        start = time.perf_counter()
+        gallery, _ = server.client().predict([str(d) for d in range(10)], 4, 4.0, 50, DDPM, 0, False,
+                                             api_name="/generate")
+        print(f"40 digits through the live demo in {time.perf_counter() - start:.1f} s")
+    finally:
+        server.close()
+    got = gallery_images(gallery)
+    wanted = np.array([int(caption) for _, caption in got])
+    predicted = DigitsFeatures()(np.stack([image for image, _ in got]))["logits"].argmax(1)
+    accuracy = (predicted == wanted).mean()
+    print(f"Digits classifier agrees with the requested digit on {accuracy:.0%} of the demo's samples")
+    assert accuracy >= 0.8
+
+
+@pytest.mark.slow
+def test_converted_digits_model_makes_the_digits_of_dico_sample(trained_digits, tmp_path, monkeypatch):
+    """The issue's end-to-end check: checkpoint -> pipeline folder -> diffusers' generic loader, offline -> the same
+    digits as `dico sample` for the same seed."""
+    from diffusers import DiffusionPipeline
+
+    from dico.cli import main as cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = save_pipeline(trained_digits, tmp_path / "dico-digits")
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    npz = tmp_path / "dico-sample.npz"
+    assert cli(["sample", "--ckpt", str(trained_digits), "--classes", ",".join(map(str, labels)), "--num-samples", "10",
+                "--cfg-scale", "1.5", "--seed", "3", "--out", str(npz)]) == 0  # the defaults: 250 DDPM steps
+    got = np.stack([np.asarray(image) for image in pipe(labels, seed=3).images])
+    with np.load(npz) as f:
+        np.testing.assert_array_equal(got, f["arr_0"])
+    assert ((got > 0) & (got < 255)).mean() > 0.1  # real digits with grey edges, not saturated noise

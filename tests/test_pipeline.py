@@ -1,0 +1,343 @@
+"""dico in diffusers: the model components, DiCoPipeline against dico's own sampler, pipeline folders, schedulers."""
+
+import inspect
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dico.checkpoints import atomic_save
+from dico.cli import main as cli
+from dico.models import DiCo, DiT, build_model, model_spec
+from dico.sampling import OutputSpace, SamplingOptions, generate
+
+pytest.importorskip("diffusers")
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline,  # noqa: E402
+                       DPMSolverMultistepScheduler, EulerDiscreteScheduler)
+
+from dico.pipelines import (DiCo2DModel, DiCoPipeline, DiCoScheduler, DiT2DModel, as_component,  # noqa: E402
+                            imagenet_labels, pipeline_from_network, push_to_hub, save_pipeline)
+
+SPACE = OutputSpace(resolution=8, channels=1)
+SPEC = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
+
+
+def random_network(spec=SPEC, std=0.05, seed=0):
+    """A dico network with non-trivial weights (the adaLN-zero init would make every output zero)."""
+    network = build_model(spec)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return network.eval()
+
+
+def images(output) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in output.images])
+
+
+@pytest.fixture(scope="module")
+def network():
+    return random_network()
+
+
+@pytest.fixture(scope="module")
+def pipe(network):
+    pipe = pipeline_from_network(network, SPACE)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def checkpoint(network, tmp_path_factory):
+    """Our training checkpoint format, digits demo recipe recorded."""
+    path = tmp_path_factory.mktemp("ckpt") / "0000010.pt"
+    atomic_save({"format": "dico-train/1", "model": network.state_dict(), "ema": network.state_dict(), "spec": SPEC,
+                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, "step": 10,
+                 "config": {"model": "DiCo-Tiny", "data": None, "lr": 0.001, "global_batch": 64, "max_steps": 10,
+                            "ema_decay": 0.995, "diffusion_steps": 1000, "noise_schedule": "linear"}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(checkpoint, tmp_path_factory):
+    return save_pipeline(checkpoint, tmp_path_factory.mktemp("pipe") / "dico-digits")
+
+
+# --------------------------------------------------------------------------------------------- model components
+
+
+def test_component_config_is_the_constructor_signature():
+    for network_class, component_class in ((DiCo, DiCo2DModel), (DiT, DiT2DModel)):
+        keywords = list(inspect.signature(network_class.__init__).parameters)[1:]
+        with torch.device("meta"):  # the defaults are full-size networks: no need to fill their weights
+            component = component_class()
+        assert [k for k in component.config if not k.startswith("_")] == keywords
+        assert isinstance(component, network_class)
+
+
+def test_component_loads_official_weights_strictly_and_matches_dico_bit_for_bit(official, official_model):
+    config = {k: v for k, v in official["config"].items() if k != "input_size"}
+    component = DiCo2DModel(**config)
+    component.load_state_dict(official["state_dict"], strict=True)
+    component.eval()
+    f = official["forward"]
+    assert torch.equal(component(f["x"], f["t"], f["y"]), official_model(f["x"], f["t"], f["y"]))
+    c = official["cfg"]
+    assert torch.equal(component.forward_with_cfg(c["x"], c["t"], c["y"], c["scale"]),
+                       official_model.forward_with_cfg(c["x"], c["t"], c["y"], c["scale"]))
+
+
+@pytest.mark.parametrize("spec", [SPEC, model_spec("DiT-S/2", input_size=8, in_channels=1, num_classes=10,
+                                                     depth=2, hidden_size=64, num_heads=2)], ids=["dico", "dit"])
+def test_component_save_and_from_pretrained_round_trip_in_safetensors(spec, tmp_path):
+    network = random_network(spec)
+    component = as_component(network)
+    component.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = type(component).from_pretrained(tmp_path).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 500, 999]), torch.tensor([1, 2, 10])
+    assert torch.equal(loaded(x, t, y), network(x, t, y))
+    assert json.loads((tmp_path / "config.json").read_text())["num_classes"] == 10
+
+
+def test_importing_dico_does_not_import_diffusers():
+    code = "import sys, dico, dico.models, dico.sampling; assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------- the pipeline and dico's sampler
+
+
+@pytest.mark.parametrize("guidance, steps, sampler", [(1.0, 12, "ddpm"), (2.0, 12, "ddpm"), (2.0, 8, "ddim")])
+def test_pipeline_makes_the_images_of_dico_sampling_for_the_same_seed(pipe, network, guidance, steps, sampler):
+    labels = [3, 7, 1, 0]
+    expected = generate(network, SPACE, range(4), torch.tensor(labels),
+                        SamplingOptions(method=sampler, steps=steps, cfg_scale=guidance, seed=5))
+    scheduled = DiCoPipeline(**{**pipe.components,
+                                "scheduler": DiCoScheduler.from_config(pipe.scheduler.config, sampler=sampler)},
+                             id2label=pipe.config.id2label, sample_size=8)
+    scheduled.set_progress_bar_config(disable=True)
+    got = images(scheduled(labels, guidance_scale=guidance, num_inference_steps=steps, seed=5))
+    assert got.shape == expected.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(got, expected)
+    assert len({im.tobytes() for im in got}) == 4  # labels and per-image noise make every image different
+
+
+def test_defaults_are_the_official_protocol(pipe):
+    signature = inspect.signature(DiCoPipeline.__call__).parameters
+    assert signature["num_inference_steps"].default == 250
+    assert signature["guidance_scale"].default == 1.5
+    assert signature["guidance_channels"].default == 3
+    assert isinstance(pipe.scheduler, DiCoScheduler) and pipe.scheduler.config.sampler == "ddpm"
+
+
+def test_pipeline_folder_from_a_checkpoint_makes_the_images_of_the_dico_sample_command(folder, checkpoint, tmp_path):
+    npz = tmp_path / "s.npz"
+    assert cli(["sample", "--ckpt", str(checkpoint), "--classes", "3,7", "--num-samples", "4", "--steps", "10",
+                "--cfg-scale", "2", "--seed", "11", "--out", str(npz)]) == 0
+    loaded = DiCoPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    got = images(loaded(["3", "7", "3", "7"], guidance_scale=2.0, num_inference_steps=10, seed=11))
+    with np.load(npz) as f:
+        np.testing.assert_array_equal(got, f["arr_0"])
+
+
+def test_latent_pipeline_decodes_through_its_vae_as_dico_does():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1).eval()
+    network = random_network(model_spec("DiCo-Tiny", num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1]))
+    space = OutputSpace(8, 4, vae="a-local-vae")
+    pipe = pipeline_from_network(network, space, vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    expected = generate(network, space, range(2), torch.tensor([4, 9]),
+                        SamplingOptions(steps=6, cfg_scale=1.5, seed=2), vae=vae)
+    got = images(pipe([4, 9], num_inference_steps=6, seed=2))
+    assert got.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(got, expected)
+    assert ((got > 0) & (got < 255)).mean() > 0.5  # decoded, not clipped noise: the comparison has teeth
+    assert pipe([4], num_inference_steps=2, seed=2, output_type="latent").images.shape == (1, 4, 8, 8)
+
+
+def test_images_do_not_depend_on_the_batch_with_a_seed(pipe):
+    alone = images(pipe([7], num_inference_steps=6, guidance_scale=2.0, seed=4))
+    batched = images(pipe([7, 2, 5], num_inference_steps=6, guidance_scale=2.0, seed=4))
+    np.testing.assert_array_equal(alone[0], batched[0])
+
+
+def test_output_types_and_generators(pipe):
+    pil = pipe([1, 2], num_inference_steps=4, seed=0).images
+    assert [im.size for im in pil] == [(8, 8), (8, 8)] and pil[0].mode == "RGB"
+    arr = pipe([1, 2], num_inference_steps=4, seed=0, output_type="np").images
+    assert arr.shape == (2, 8, 8, 1) and arr.dtype == np.float32 and 0 <= arr.min() and arr.max() <= 1
+    raw = pipe([1, 2], num_inference_steps=4, seed=0, output_type="latent").images
+    assert torch.is_tensor(raw) and raw.shape == (2, 1, 8, 8)
+    np.testing.assert_allclose(arr[..., 0], (raw[:, 0] / 2 + 0.5).clamp(0, 1).numpy())
+    # A torch generator gives diffusers' semantics: reproducible from the generator, other noise than a seed's.
+    a = pipe([1], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").images
+    b = pipe([1], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").images
+    assert torch.equal(a, b) and not torch.equal(a, raw[:1])
+    tuple_out = pipe([1], num_inference_steps=2, seed=0, return_dict=False)
+    assert isinstance(tuple_out, tuple) and len(tuple_out[0]) == 1
+
+
+def test_bad_arguments_are_refused_clearly(pipe):
+    with pytest.raises(ValueError, match="either seed"):
+        pipe([1], seed=0, generator=torch.Generator())
+    with pytest.raises(ValueError, match="output_type"):
+        pipe([1], seed=0, output_type="jpeg")
+    with pytest.raises(ValueError, match=r"lie in \[0, 10\)"):
+        pipe([10], seed=0)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe([1], seed=0, num_inference_steps=0)
+    with pytest.raises(ValueError, match="empty"):
+        pipe([], seed=0)
+    no_null = pipeline_from_network(random_network(model_spec("DiCo-Tiny", in_channels=1, num_classes=10,
+                                                              class_dropout_prob=0.0)), SPACE)
+    with pytest.raises(ValueError, match="null class"):
+        no_null([1], guidance_scale=2.0, seed=0)
+
+
+def test_label_ids_come_from_the_class_names_in_the_config(pipe):
+    assert pipe.get_label_ids(["3", "0", "9"]) == [3, 0, 9]
+    with pytest.raises(ValueError, match="Did you mean '3'"):
+        pipe.get_label_ids(["33"])
+    names = imagenet_labels()
+    assert len(names) == 1000 and names["207"] == "golden retriever"
+    imagenet = pipeline_from_network(random_network(model_spec("DiCo-Tiny", in_channels=1, num_classes=1000)), SPACE)
+    assert imagenet.get_label_ids(["golden retriever", "tabby", "tench"]) == [207, 281, 0]
+
+
+@pytest.mark.parametrize("scheduler, options", [
+    (DDIMScheduler, {}),
+    (DPMSolverMultistepScheduler, {}),
+    (DDPMScheduler, {"variance_type": "learned_range"}),
+    (DDPMScheduler, {}),
+    (EulerDiscreteScheduler, {}),
+], ids=["ddim", "dpm-solver++", "ddpm-learned-range", "ddpm-fixed", "euler"])
+def test_diffusers_schedulers_can_be_swapped_in(pipe, scheduler, options):
+    swapped = DiCoPipeline(**{**pipe.components, "scheduler": scheduler.from_config(pipe.scheduler.config, **options)},
+                           id2label=pipe.config.id2label, sample_size=8)
+    swapped.set_progress_bar_config(disable=True)
+    assert swapped.scheduler.config.num_train_timesteps == 1000 and swapped.scheduler.config.beta_end == 0.02
+    assert swapped.scheduler.config.get("clip_sample", False) is False  # latents must not be clipped to [-1, 1]
+    first = swapped([1, 2], guidance_scale=2.0, num_inference_steps=10, seed=3, output_type="latent").images
+    again = swapped([1, 2], guidance_scale=2.0, num_inference_steps=10, seed=3, output_type="latent").images
+    assert first.shape == (2, 1, 8, 8) and torch.isfinite(first).all()
+    assert torch.equal(first, again)  # a seed keys the noise for stochastic schedulers too
+
+
+def test_progress_bar_is_diffusers(pipe, capsys):
+    pipe.set_progress_bar_config(disable=False)
+    try:
+        pipe([1], num_inference_steps=3, seed=0)
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_dtype_and_device_moves(network):
+    pipe = pipeline_from_network(random_network(SPEC), SPACE).to("cpu", torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.dtype == torch.float16
+    out = pipe([1, 2], num_inference_steps=3, seed=0, output_type="np").images
+    assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
+
+
+def test_model_cpu_offload(network):
+    pipe = pipeline_from_network(random_network(SPEC), SPACE)
+    pipe.set_progress_bar_config(disable=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="accelerator"):
+            pipe.enable_model_cpu_offload()
+        pytest.skip("model CPU offload moves each component to an accelerator when used; none here")
+    expected = images(pipe([1, 2], num_inference_steps=3, seed=0))
+    pipe.enable_model_cpu_offload()
+    got = images(pipe([1, 2], num_inference_steps=3, seed=0))
+    assert got.shape == expected.shape and next(pipe.transformer.parameters()).device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------- pipeline folders
+
+
+def test_folder_names_dicos_classes_and_loads_with_the_generic_loader_offline(folder, pipe, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["dico_pipeline", "DiCoPipeline"]
+    assert index["transformer"] == ["dico.pipelines.models", "DiCo2DModel"]
+    assert index["scheduler"] == ["dico.pipelines.scheduler", "DiCoScheduler"]
+    assert index["vae"] == [None, None] and index["sample_size"] == 8 and index["id2label"]["7"] == "7"
+    assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(folder)
+    generic = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(generic) is DiCoPipeline and isinstance(generic.transformer, DiCo2DModel) and generic.vae is None
+    generic.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images(generic([4, 2], num_inference_steps=5, seed=9)),
+                                  images(pipe([4, 2], num_inference_steps=5, seed=9)))
+    resaved = folder.parent / "resaved"
+    generic.save_pretrained(resaved)
+    assert DiCoPipeline.from_pretrained(resaved).config.id2label == generic.config.id2label
+
+
+def test_model_card_tells_architecture_recipe_license_and_how_to_load(folder):
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\nlicense: mit")
+    for needed in ("DiCo-Tiny", "DiCo2DModel", "pixels, 8x8x1", "| lr | 0.001 |", "| global_batch | 64 |",
+                   "for 10 steps", "## License", "DiCoPipeline.from_pretrained", "trust_remote_code=True"):
+        assert needed in card, needed
+
+
+def test_push_to_hub_without_network_says_what_to_do(folder):
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RuntimeError, match="network access and a write token"):
+        push_to_hub(folder, "someone/dico-digits", token="hf_not_a_real_token", endpoint=f"http://127.0.0.1:{port}")
+    with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
+        push_to_hub(folder / "transformer", "someone/dico-digits")
+
+
+def test_official_checkpoint_converts_with_its_vae_and_imagenet_class_names(tmp_path, monkeypatch):
+    """An official-format checkpoint ({"model", "ema", "args"}) of DiCo-S, a local VAE folder: a latent pipeline with
+    ImageNet's class names that loads offline and samples as dico does."""
+    import argparse
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    vae_dir = tmp_path / "vae"
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  layers_per_block=1).save_pretrained(vae_dir)
+    network = random_network(model_spec("DiCo-S"), std=0.02)
+    ckpt = tmp_path / "0400000.pt"
+    torch.save({"model": network.state_dict(), "ema": network.state_dict(), "args": argparse.Namespace(model="DiCo-S")},
+               ckpt)
+    folder = save_pipeline(ckpt, tmp_path / "dico-s", vae=str(vae_dir), name="DiCo-S", image_size=64)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["sample_size"] == 8
+    assert "official DiCo release" in (folder / "README.md").read_text()
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    labels = pipe.get_label_ids(["golden retriever", "tabby"])
+    assert labels == [207, 281]
+    space = OutputSpace(8, 4, vae=str(vae_dir))
+    expected = generate(network, space, range(2), torch.tensor(labels), SamplingOptions(steps=3, cfg_scale=1.5, seed=0),
+                        vae=pipe.vae)
+    np.testing.assert_array_equal(images(pipe(labels, num_inference_steps=3, seed=0)), expected)
+
+
+def test_dit_models_run_in_the_same_pipeline():
+    network = random_network(model_spec("DiT-S/2", input_size=8, in_channels=1, num_classes=10, depth=2,
+                                        hidden_size=64, num_heads=2))
+    pipe = pipeline_from_network(network, SPACE)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.transformer, DiT2DModel)
+    expected = generate(network, SPACE, range(2), torch.tensor([1, 2]), SamplingOptions(steps=5, cfg_scale=2.0, seed=1))
+    np.testing.assert_array_equal(images(pipe([1, 2], guidance_scale=2.0, num_inference_steps=5, seed=1)), expected)
