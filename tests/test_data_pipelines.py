@@ -221,7 +221,7 @@ def test_vae_names_resolve_and_missing_ones_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_vae(str(tmp_path / "no-such-vae"))
     # offline and not cached: the Hub id cannot be found -> a message saying how to get it
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download stabilityai/sd-vae-ft-mse"):
+    with pytest.raises(FileNotFoundError, match="hf download stabilityai/sd-vae-ft-mse"):
         load_vae("mse", cache_dir=tmp_path / "empty-cache", local_files_only=True)
 
 

@@ -193,11 +193,11 @@ def test_bad_steps_can_be_skipped_up_to_a_bound(tmp_path, monkeypatch):
 
 def test_sampling_refuses_non_finite_settings_and_reports_non_finite_outputs():
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+        with pytest.raises(ValueError, match="--cfg-scale must be a finite number"):
             SamplingOptions(cfg_scale=bad)
     for field, value in (("steps", 0), ("batch_size", 0), ("cache_interval", 0), ("guidance_channels", -1),
                          ("cache_depth", 3), ("eta", -1.0), ("sampler", "heun"), ("shift", 0.0)):
-        with pytest.raises(ValueError, match=field):
+        with pytest.raises(ValueError, match="--" + field.replace("_", "-")):
             SamplingOptions(**{field: value})
     model = build_model(model_spec("DiCo-Tiny", in_channels=1, num_classes=10, **TINY)).eval()
     with torch.no_grad():

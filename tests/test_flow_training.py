@@ -82,5 +82,5 @@ def test_guidance_interval_switches_guidance_off_outside():
     assert not np.array_equal(full, none)
     assert np.array_equal(sample(guidance_interval=(0.999, 1.0)), none)  # no grid time inside: never guided
     assert not np.array_equal(sample(guidance_interval=(0.0, 0.5)), full)  # guided on the noisy half only
-    with pytest.raises(ValueError, match="guidance_interval"):
+    with pytest.raises(ValueError, match="--guidance-interval"):
         SamplingOptions(guidance_interval=(0.8, 0.2))

@@ -41,7 +41,9 @@ COMMANDS = {
                     "parameters and GMACs (the paper's GFLOPs) per model"),
     "bench": Command("dico.benchmarking.cli", "BenchCommand", "run_bench",
                      "throughput of forward / training step / sampling, side by side"),
-    "convert": Command("dico.cli", "ConvertConfig", "run_convert", "write a checkpoint's weights as .safetensors"),
+    "convert": Command("dico.cli", "ConvertConfig", "run_convert",
+                       "write a checkpoint's weights as .safetensors, or as a diffusers pipeline folder"),
+    "demo": Command("dico.cli", "DemoConfig", "run_demo", "a web page (Gradio) that samples a model by class name"),
     "extract-latents": Command("dico.data.cli", "ExtractLatentsConfig", "run_extract",
                                "encode an image folder with the SD VAE once, for latent training"),
     "export-data": Command("dico.data.cli", "ExportDataConfig", "run_export",
@@ -60,17 +62,55 @@ BUGS = (ZeroDivisionError,)
 
 @dataclass
 class ConvertConfig:
-    """Write a checkpoint's weights as .safetensors (with the model spec as metadata)."""
+    """Write a checkpoint's weights as .safetensors (with the model spec, output space and objective as metadata), or
+    as a diffusers pipeline folder (--format diffusers: model, scheduler, VAE, class names and a model card)."""
 
     source: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SOURCE")]  # path or Hub file owner/repo/f.pt
-    out: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="OUT")]  # the .safetensors file to write
-    weights: Literal["ema", "model"] = "ema"
+    out: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="OUT")]  # a .safetensors file or a folder
+    format: Literal["safetensors", "diffusers"] = "safetensors"
+    weights: Literal["ema", "model"] = "ema"  # safetensors: which weights of a training checkpoint
+    model: str | None = None  # diffusers, official checkpoints: the model name (inferred when left out)
+    vae: str | None = None  # diffusers, latent models: ema | mse | a Hub id | a local VAE folder
+    image_size: int = 256  # diffusers, official checkpoints: 256 or 512 px
+    num_classes: int | None = None  # diffusers, official checkpoints: number of classes (1000)
+    push_to_hub: str | None = None  # diffusers: also upload the folder to this Hub repo (needs network and a token)
 
 
 def run_convert(options: ConvertConfig) -> int:
-    from .checkpoints import convert
+    if options.format == "safetensors":
+        from .checkpoints import convert
 
-    print(f"wrote {convert(options.source, options.out, options.weights)}")
+        print(f"wrote {convert(options.source, options.out, options.weights)}")
+        return 0
+    from .pipelines import push_to_hub, save_pipeline
+
+    out = save_pipeline(options.source, options.out, vae=options.vae, name=options.model,
+                        image_size=options.image_size, num_classes=options.num_classes)
+    print(f"wrote {out}")
+    if options.push_to_hub:
+        print(f"uploaded to {push_to_hub(out, options.push_to_hub)}")
+    return 0
+
+
+@dataclass
+class DemoConfig:
+    """Serve a web page that samples a model: classes by name, number of images, guidance, steps, sampler, seed."""
+
+    ckpt: str  # a checkpoint (ours, official with --model, a Hub file) or a pipeline folder from dico convert
+    port: int = 7860
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
+    model: str | None = None  # official checkpoints: the model name (inferred when left out)
+    vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder
+    device: str | None = None  # cpu, cuda, ... (None: the local GPU if any)
+
+
+def run_demo(options: DemoConfig) -> int:
+    if not 0 < options.port < 65536:
+        raise ValueError(f"--port must lie in 1..65535, got {options.port}")
+    from .demo import launch
+
+    launch(options.ckpt, port=options.port, host=options.host, device=options.device, name=options.model,
+           vae=options.vae)
     return 0
 
 

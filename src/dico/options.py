@@ -6,6 +6,7 @@ A config file is a YAML mapping of field names to values, e.g. what `dico train 
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import types
@@ -121,3 +122,58 @@ def with_values(config, values: dict, source: str = "config file"):
         raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
     hints = typing.get_type_hints(type(config))
     return dataclasses.replace(config, **{k: checked(k, v, hints[k], source) for k, v in values.items()})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value, low: int, high: int | None = None, none_ok: bool = False) -> None:
+    """A ValueError naming the flag unless `value` is an integer in [low, high] (or None when allowed)."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{flag(name)} must be {allowed}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 none_ok: bool = False) -> None:
+    """A ValueError naming the flag unless `value` is a finite number within the bounds (`low_open`: > low)."""
+    if value is None and none_ok:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+        allowed = " and ".join(b for b in bounds if b)
+        raise ValueError(f"{flag(name)} must be a finite number{' ' + allowed if allowed else ''}, got {value!r}")
+
+
+def check_writable_parent(name: str, path) -> None:
+    """A ValueError naming the flag when `path` could not be written: an existing folder in the way, or no write
+    permission on the nearest existing parent folder (checked before any work)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{flag(name)} {path} is a folder; name a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag(name)} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag(name)} {path}: no permission to write in {parent}")
+
+
+def check_writable_dir(name: str, path) -> None:
+    """A ValueError naming the flag when `path` cannot be (or be made) a folder we can write in."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag(name)} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag(name)} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag(name)} {path}: no permission to write in {existing}")

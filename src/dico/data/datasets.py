@@ -10,6 +10,9 @@ from .space import OutputSpace
 from .vae import LATENT_SCALE, check_vae_matches
 
 
+DEFAULT_IMAGE_SIZE = 256  # image folders, when no size is given (ImageNet 256, the paper's main setting)
+
+
 @dataclass
 class DataFacts:
     """What the trainer and sampler need to know about a data set."""
@@ -39,10 +42,12 @@ ENCODE_ONCE = ("training on {path} with a VAE needs its latents extracted once f
                "without --vae, an image folder trains in pixel space")
 
 
-def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None, latent_norm: str | None = None):
+def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=None,
+                  latent_norm: str | None = None):
     """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; a directory written by
     `dico extract-latents` -> its latents (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
-    VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (with
+    VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (256 when
+    None; with
     `vae`: an error asking to extract latents)."""
     if spec in (None, "digits"):
         dataset = DigitsDataset()
@@ -65,7 +70,7 @@ def build_dataset(spec=None, image_size: int = 256, seed: int = 0, vae=None, lat
                           latent_std=norm["latent_std"])
         return dataset, facts
     if vae is not None:
-        raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size, vae=vae))
-    dataset = ImageFolderDataset(path, image_size=image_size, seed=seed)
+        raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size or DEFAULT_IMAGE_SIZE, vae=vae))
+    dataset = ImageFolderDataset(path, image_size=image_size or DEFAULT_IMAGE_SIZE, seed=seed)
     return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names,
                               fingerprint=folder_fingerprint(dataset.root, dataset.paths, dataset.labels))

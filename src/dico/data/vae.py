@@ -72,7 +72,7 @@ def load_vae(name_or_dir="ema", device="cpu", dtype=torch.float32, cache_dir=Non
             hint = "" if name in VAE_ALIASES.values() else f" (if you meant a directory: {name} does not exist)"
             raise FileNotFoundError(
                 f"could not load the VAE {name!r} from the Hugging Face Hub or its local cache ({err}). When "
-                f"offline, download it once where there is network (`huggingface-cli download {name}`) and copy "
+                f"offline, download it once where there is network (`hf download {name}`) and copy "
                 "the cache (HF_HUB_OFFLINE=1 then skips the network retries), or pass a local directory written by "
                 f"save_pretrained{hint}") from err
     return vae.to(device).eval().requires_grad_(False)

@@ -186,6 +186,6 @@ def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None 
     except Exception as err:  # offline, no token, no rights: say what and how to fix
         raise RuntimeError(
             f"could not upload {out_dir} to the Hugging Face Hub repo {repo_id!r}: {type(err).__name__}: {err}. "
-            "Uploading needs network access and a write token (`huggingface-cli login` or HF_TOKEN); the folder is "
-            "complete and can be uploaded later with `huggingface-cli upload`") from err
+            "Uploading needs network access and a write token (`hf auth login` or HF_TOKEN); the folder is "
+            "complete and can be uploaded later with `hf upload`") from err
     return str(url)

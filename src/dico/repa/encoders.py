@@ -104,7 +104,7 @@ def _timm_encoder(name: str, input_size: int) -> PatchEncoder:
         repo = model_name if "/" in model_name else f"timm/{model_name}"
         raise FileNotFoundError(
             f"could not load the timm encoder {model_name} ({type(err).__name__}: {err}). timm reads its weights from "
-            f"the Hugging Face cache ($HF_HOME/hub, default ~/.cache/huggingface/hub): run `huggingface-cli download "
+            f"the Hugging Face cache ($HF_HOME/hub, default ~/.cache/huggingface/hub): run `hf download "
             f"{repo}` where there is network, copy that cache here and set HF_HUB_OFFLINE=1") from err
     config = backbone.pretrained_cfg
     return PatchEncoder(backbone, name, input_size, 3, config.get("mean", IMAGENET_MEAN),

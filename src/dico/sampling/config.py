@@ -1,10 +1,10 @@
 """What `dico sample` (and `dico.sampling.sample`) takes: the checkpoint, the output and the sampling options."""
 
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
-from ..options import comma_separated
+from ..options import check_int, check_number, check_writable_parent, comma_separated
 
 
 @dataclass
@@ -40,33 +40,22 @@ class SamplingOptions:
     def __post_init__(self):
         """Every value checked before any work, each error naming the option and what it accepts."""
         self.guidance_interval = tuple(self.guidance_interval)
-        positive = {"batch_size": self.batch_size, "cache_interval": self.cache_interval}
-        if self.steps is not None:
-            positive["steps"] = self.steps
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        numbers = (("cfg_scale", self.cfg_scale), ("eta", self.eta), ("atol", self.atol), ("rtol", self.rtol),
-                   ("shift", self.shift), ("diffusion_norm", self.diffusion_norm),
-                   ("last_step_size", self.last_step_size), *(("guidance_interval", v) for v in self.guidance_interval))
-        for name, value in numbers:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if min(self.atol, self.rtol, self.shift) <= 0:
-            raise ValueError(f"atol, rtol and shift must be > 0, got {self.atol}, {self.rtol}, {self.shift}")
-        lo, hi = (self.guidance_interval + (None, None))[:2] if len(self.guidance_interval) == 2 else (None, None)
-        if lo is None or not 0 <= lo <= hi <= 1:
-            raise ValueError(f"guidance_interval must be two numbers 0 <= lo <= hi <= 1, got {self.guidance_interval}")
+        check_int("steps", self.steps, 1, none_ok=True)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("cache_interval", self.cache_interval, 1)
+        check_int("cache_depth", self.cache_depth, 1, 2)
+        check_number("cfg_scale", self.cfg_scale)
+        check_number("eta", self.eta, 0)
+        for name in ("atol", "rtol", "shift", "diffusion_norm", "last_step_size"):
+            check_number(name, getattr(self, name), 0, low_open=True)
+        if self.guidance_channels != "all":
+            check_int("guidance_channels", self.guidance_channels, 1)
+        interval = self.guidance_interval
+        if len(interval) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in interval) or \
+                not 0 <= interval[0] <= interval[1] <= 1:
+            raise ValueError(f"--guidance-interval must be two numbers 0 <= LO <= HI <= 1, got {interval}")
         if self.sampler not in ("ode", "sde"):
-            raise ValueError(f"sampler must be 'ode' or 'sde', got {self.sampler!r}")
-        if self.guidance_channels != "all" and (isinstance(self.guidance_channels, bool) or
-                                                not isinstance(self.guidance_channels, int) or
-                                                self.guidance_channels < 1):
-            raise ValueError(f"guidance_channels must be a positive integer or 'all', got {self.guidance_channels!r}")
-        if self.cache_depth not in (1, 2):
-            raise ValueError(f"cache_depth must be 1 or 2, got {self.cache_depth!r}")
+            raise ValueError(f"--sampler must be 'ode' or 'sde', got {self.sampler!r}")
 
 
 @dataclass(kw_only=True)
@@ -89,3 +78,17 @@ class SampleConfig(SamplingOptions):
     out: str  # samples.png (a grid) or samples.npz (ADM format)
     nrow: int | None = None  # images per grid row (None: a square grid)
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("num_samples", self.num_samples, 1)
+        check_int("nrow", self.nrow, 1, none_ok=True)
+        check_int("num_classes", self.num_classes, 1, none_ok=True)
+        check_int("image_size", self.image_size, 8)
+        if self.image_size % 8:
+            raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
+        if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)):
+            raise ValueError(f"--classes must be class ids >= 0, e.g. 1,2,3, got {self.classes!r}")
+        if Path(self.out).suffix not in (".png", ".npz"):
+            raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {self.out}")
+        check_writable_parent("out", self.out)

@@ -41,6 +41,8 @@ def sample(config: SampleConfig) -> Path | None:
         labels = image_labels(indices, model.num_classes, config.seed, classes)
         images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
                           progress=True, objective=loaded.objective)
-        path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))))
+        # Small images (8x8 digits) are shown enlarged by pixel repetition, as the trainer's grid does.
+        path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))),
+                         scale=max(1, 32 // space.resolution))
     teardown()
     return path

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from tyro.conf import arg
 
-from ..options import comma_separated, json_object, write_yaml
+from ..options import check_int, check_number, comma_separated, flag, json_object, write_yaml
 from ..repa.config import RepaConfig
 
 
@@ -22,7 +22,8 @@ class TrainConfig:
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
     """Model overrides, e.g. '{"channel_attention": "se"}'."""
     data: str | None = None  # extracted latents dir or image folder (None: the bundled digits)
-    image_size: int = 256  # image folders: training resolution in pixels (latents carry their own size)
+    image_size: int | None = None
+    """Image folders: training resolution in pixels (None: 256); latents and the digits carry their own size."""
     vae: str | None = None
     """Latents: the VAE that decodes samples (ema|mse|dir); image folders: refused, run dico extract-latents first."""
     latent_norm: Literal["scale", "channel"] | None = None
@@ -66,6 +67,39 @@ class TrainConfig:
     grid_per_class: int = 8  # the final sample grid: images per row
     grid_steps: int = 50  # sampling steps for the final sample grid
     grid_cfg_scale: float = 1.5  # guidance scale for the final sample grid
+
+    def __post_init__(self):
+        """Every value checked when the configuration is made (flags, config files, presets, checkpoints), each error
+        naming the flag and what it accepts."""
+        for name, low in (("max_steps", 1), ("global_batch", 1), ("warmup_steps", 0), ("log_every", 1),
+                          ("ckpt_every", 1), ("num_workers", 0), ("diffusion_steps", 2), ("skip_nonfinite", 0),
+                          ("grid_classes", 1), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
+            check_int(name, getattr(self, name), low)
+        check_int("micro_batch", self.micro_batch, 1, self.global_batch, none_ok=True)
+        check_int("image_size", self.image_size, 1, none_ok=True)
+        check_int("repa_stop_step", self.repa_stop_step, 0, none_ok=True)
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("ema_decay", self.ema_decay, 0, 1)
+        check_number("grid_cfg_scale", self.grid_cfg_scale)
+        check_number("repa_weight", self.repa_weight, 0)
+        check_number("logit_mean", self.logit_mean)
+        check_number("logit_std", self.logit_std, 0, low_open=True)
+        check_number("train_eps", self.train_eps, 0, 1, none_ok=True)
+        check_number("sample_eps", self.sample_eps, 0, 1, none_ok=True)
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else (self.betas,)
+        if len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1
+                                  for b in betas):
+            raise ValueError(f"--betas must be two numbers in [0, 1), e.g. 0.9,0.999, got {self.betas!r}")
+        self.betas = tuple(float(b) for b in betas)
+        choices = {"precision": ("fp32", "bf16"), "objective": ("ddpm", "flow"), "path": ("Linear", "GVP", "VP"),
+                   "prediction": ("velocity", "noise", "score"), "time_sampling": ("uniform", "logit-normal"),
+                   "noise_schedule": ("linear", "squaredcos_cap_v2"), "loss_weight": (None, "velocity", "likelihood"),
+                   "latent_norm": (None, "scale", "channel")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{flag(name)} must be one of {', '.join(map(str, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
 
     def repa(self) -> RepaConfig:
         """The REPA settings of this run (stored in checkpoints as "repa")."""

@@ -27,6 +27,7 @@ from ..data import build_dataset
 from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
+from ..options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
@@ -278,6 +279,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     """
     env = setup(device)
     results = Path(config.results_dir)
+    check_writable_dir("results_dir", results)
     point = resume_point(resume, results)
     existing = newest_checkpoint(results)
     if point is None and existing is not None:
