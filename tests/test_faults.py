@@ -366,3 +366,64 @@ def test_every_image_mode_is_read_faithfully_or_refused_by_name(tmp_path):
     Image.fromarray(grey16).save(folder / "g16.png")
     x, _ = ImageFolderDataset(folder, image_size=8, flip=False)[0]
     assert abs(float(x.mean()) - (128 / 255 - 0.5) / 0.5) < 1e-6
+
+
+# --- bad input, command by command: exit 2, a message naming the flag, no traceback, nothing written --------------
+
+BAD_INPUTS = [
+    ("train --max-steps 0", "--max-steps"),
+    ("train --global-batch 0", "--global-batch"),
+    ("train --ckpt-every 0", "--ckpt-every"),
+    ("train --ckpt-every -1", "--ckpt-every"),
+    ("train --ema-decay 2", "--ema-decay"),
+    ("train --betas 0.9", "--betas"),
+    ("train --warmup-steps -1", "--warmup-steps"),
+    ("train --lr nan", "--lr"),
+    ("train --micro-batch 3 --global-batch 8", "not divisible"),
+    ("train --precision fp16", "--precision"),
+    ("train --model DiCo-Nope", "unknown model"),
+    ("train --model-options {{bad", "--model-options"),
+    ("train --results-dir {file}", "--results-dir"),
+    ("train --resume {tmp}/nope.pt", "no such checkpoint"),
+    ("train --data {tmp}/nope", "no such directory"),
+    ("sample --ckpt {ckpt} --num-samples 0 --out {tmp}/x.png", "--num-samples"),
+    ("sample --ckpt {ckpt} --batch-size 0 --out {tmp}/x.png", "--batch-size"),
+    ("sample --ckpt {ckpt} --cfg-scale nan --out {tmp}/x.png", "--cfg-scale"),
+    ("sample --ckpt {ckpt} --cfg-scale inf --out {tmp}/x.png", "--cfg-scale"),
+    ("sample --ckpt {ckpt} --guidance-channels -1 --out {tmp}/x.png", "--guidance-channels"),
+    ("sample --ckpt {ckpt} --cache-interval 0 --out {tmp}/x.png", "--cache-interval"),
+    ("sample --ckpt {ckpt} --steps 0 --out {tmp}/x.png", "--steps"),
+    ("sample --ckpt {ckpt} --out {tmp}/x.jpg", "--out"),
+    ("sample --ckpt {ckpt} --out {file}/x.png", "--out"),
+    ("sample --ckpt {ckpt} --classes 12 --out {tmp}/x.png", "--classes"),
+    ("sample --ckpt {ckpt} --method euler --out {tmp}/x.png", "method"),
+    ("sample --ckpt {tmp}/nope.pt --out {tmp}/x.png", "no such file"),
+    ("sample --ckpt {file} --out {tmp}/x.png", "empty"),
+    ("sample --ckpt {ckpt} --device cuda:7 --out {tmp}/x.png", "--device"),
+    ("evaluate {tmp}/nope.npz {tmp}/nope2.npz", "nope"),
+    ("info DiCo-Nope", "unknown model"),
+    ("bench --models DiCo-Nope", "unknown model"),
+    ("bench --batch-sizes 0", "batch"),
+    ("convert {tmp}/nope.pt {tmp}/out.safetensors", "no such file"),
+    ("convert {ckpt} {tmp}/out.bin", ".safetensors"),
+    ("export-data digits --out {tmp}", "--out"),
+    ("demo --ckpt {ckpt} --port 0", "--port"),
+]
+
+
+@pytest.mark.parametrize("line,named", BAD_INPUTS, ids=[line.split(" {")[0] for line, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_writes_nothing(line, named, tiny_checkpoint, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    blocker = work / "a-file"
+    blocker.write_bytes(b"")
+    args = line.format(tmp=work, file=blocker, ckpt=tiny_checkpoint).split()
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    try:
+        code = cli(args)
+    except SystemExit as stop:  # the flag parser's own errors (wrong type, unknown choice)
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert named in err and "Traceback" not in err
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before  # nothing written, nothing left

@@ -24,7 +24,8 @@ class InfoConfig:
 class BenchCommand:
     """Throughput of forward passes, training steps and sampling runs, several configurations side by side."""
 
-    models: list[str] = field(default_factory=lambda: ["DiCo-S"])  # registered model names
+    models: list[str] = field(default_factory=lambda: ["DiCo-S"])
+    """Registered model names (random weights), or checkpoints read by dico.load_pretrained (their own weights)."""
     tasks: list[Literal["forward", "train", "sample"]] = field(default_factory=lambda: ["forward"])  # what to time
     batch_sizes: list[int] = field(default_factory=lambda: [16])  # images per call
     dtypes: list[Literal["fp32", "tf32", "bf16"]] = field(default_factory=lambda: ["fp32"])

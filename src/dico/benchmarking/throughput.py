@@ -27,10 +27,12 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints import load_pretrained
 from ..models import create_model, list_models
 from ..training.optim import adamw
 from .official import official_twin
@@ -78,10 +80,15 @@ class BenchResult:
         return self.batch_size / self.median_seconds
 
 
+def looks_like_checkpoint(name: str) -> bool:
+    """A local file or a Hub file "owner/repo/file" (what load_pretrained reads), rather than a model name."""
+    return Path(name).expanduser().is_file() or (name.count("/") >= 2 and not name.startswith((".", "/", "~")))
+
+
 def validate(config: BenchConfig):
-    unknown = [m for m in config.models if m not in list_models()]
+    unknown = [m for m in config.models if m not in list_models() and not looks_like_checkpoint(m)]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(list_models())}")
+        raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(list_models())}, or a checkpoint file")
     for values, valid, what in ((config.tasks, TASKS, "task"), (config.dtypes, DTYPES, "dtype")):
         bad = [v for v in values if v not in valid]
         if bad or not values:
@@ -165,7 +172,7 @@ class _Case:
         channels = model.in_channels
         self.x = torch.randn(batch, channels, latent, latent, generator=g).to(device)
         self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        self.y = torch.randint(0, config.num_classes, (batch,), generator=g).to(device)
+        self.y = torch.randint(0, max(model.num_classes, 1), (batch,), generator=g).to(device)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
         if task == "train":
@@ -191,7 +198,7 @@ class _Case:
     @torch.no_grad()
     def sample(self):
         # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
-        null = torch.full_like(self.y, self.config.num_classes)
+        null = torch.full_like(self.y, self.model.num_classes)
         y = torch.cat([self.y, null])
         x = torch.randn_like(self.x)
         steps = self.config.sample_steps
@@ -233,12 +240,15 @@ def build_cases(config: BenchConfig):
     cases = []
     for name in config.models:
         torch.manual_seed(config.seed)
-        base = create_model(name, input_size=latent, num_classes=config.num_classes)
-        # Random (not zero-initialised) adaLN and output weights, so every path does real work.
-        with torch.no_grad():
-            for p in base.parameters():
-                if p.requires_grad and p.abs().sum() == 0:
-                    p.normal_(0, 0.02)
+        if name in list_models():
+            base = create_model(name, input_size=latent, num_classes=config.num_classes)
+            # Random (not zero-initialised) adaLN and output weights, so every path does real work.
+            with torch.no_grad():
+                for p in base.parameters():
+                    if p.requires_grad and p.abs().sum() == 0:
+                        p.normal_(0, 0.02)
+        else:  # a trained model, through the one loader
+            base = load_pretrained(name, image_size=config.image_size).model
         for task in config.tasks:
             # The official implementation first, so "vs first" reads as a speed-up over it.
             for impl in ("official", "ours") if config.official else ("ours",):

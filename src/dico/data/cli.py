@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from ..options import check_writable_parent
+
 
 @dataclass(kw_only=True)
 class ExtractLatentsConfig:
@@ -32,6 +34,10 @@ class ExportDataConfig:
 
     name: Annotated[Positional[Literal["digits"]], arg(metavar="NAME")]  # the data set (digits: the demo's images)
     out: str  # the .npz file to write
+
+    def __post_init__(self):
+        if isinstance(self.out, str):  # (not while the flag parser builds its defaults)
+            check_writable_parent("out", self.out)
 
 
 def run_extract(config: ExtractLatentsConfig) -> int:

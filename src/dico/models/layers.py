@@ -310,7 +310,10 @@ def channel_attention_weights(ca: nn.Sequential, h: torch.Tensor) -> torch.Tenso
     else:
         z = v.mean(dim=(1, 2))
     for layer in ca[1:]:  # ca[0], the pooling, is the mean above; the 1x1 convs act on a vector: F.linear
-        z = F.linear(z, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(z)
+        if isinstance(layer, nn.Conv2d):  # (the fp32 means meet the weights' own dtype: bf16 models have bf16 ones)
+            z = F.linear(z.to(layer.weight.dtype), layer.weight.flatten(1), layer.bias)
+        else:
+            z = layer(z)
     return z
 
 

@@ -7,7 +7,7 @@ from ..checkpoints import load_pretrained
 from ..data import load_vae
 from ..diffusion import named_beta_schedule
 from .models import as_component
-from .pipeline import DiCoPipeline
+from .pipeline import DiCoPipeline, check_flow_objective, objective_kind
 from .scheduler import DiCoScheduler
 
 LICENSE = "MIT"  # dico's code; an official checkpoint keeps the license of its release (see the card)
@@ -28,12 +28,16 @@ def default_labels(num_classes: int, class_names=None) -> dict:
     return {str(i): str(i) for i in range(num_classes)}
 
 
-def scheduler_for(objective: dict | None) -> DiCoScheduler:
-    """The default scheduler for a training objective (dico's {"kind": "ddpm", "noise_schedule", "diffusion_steps"})."""
+def scheduler_for(objective: dict | None):
+    """The default scheduler for a training objective: DiCoScheduler (the official iDDPM protocol) for dico's
+    {"kind": "ddpm", "noise_schedule", "diffusion_steps"}; diffusers' FlowMatchEulerDiscreteScheduler (no shift) for a
+    flow objective (`FlowObjective(...).to_dict()`; path Linear with velocity prediction only)."""
     objective = objective or {}
-    kind = objective.get("kind", "ddpm")
-    if kind != "ddpm":
-        raise ValueError(f"no diffusers scheduler for objective {kind!r} yet (only 'ddpm' models convert)")
+    if objective_kind(objective) == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        check_flow_objective(objective)
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     steps = int(objective.get("diffusion_steps", 1000))
     schedule = objective.get("noise_schedule", "linear")
     betas = named_beta_schedule(schedule, steps)
@@ -48,7 +52,7 @@ def pipeline_from_network(network, space, vae=None, class_names=None, objective:
         vae = load_vae(space.vae)
     return DiCoPipeline(transformer=as_component(network).eval(), scheduler=scheduler_for(objective), vae=vae,
                         id2label=default_labels(network.num_classes, class_names), sample_size=space.resolution,
-                        latent_scale=space.latent_scale)
+                        latent_scale=space.latent_scale, objective=objective)
 
 
 def load_pipeline(source, name: str | None = None, vae=None, image_size: int = 256,
@@ -102,9 +106,13 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
              f"pixels, {pipe.config.sample_size}x{pipe.config.sample_size}x{model.config.in_channels}")
     train = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else None
     official_args = checkpoint.get("args")
+    objective = pipe.config.get("objective") or {}
+    flow = objective_kind(objective) == "flow"
     if train:
+        process = (("objective", "path", "prediction", "time_sampling", "logit_mean", "logit_std") if flow else
+                   ("diffusion_steps", "noise_schedule"))
         keep = ("model", "data", "max_steps", "global_batch", "lr", "betas", "weight_decay", "warmup_steps",
-                "ema_decay", "precision", "diffusion_steps", "noise_schedule", "seed")
+                "ema_decay", "precision", *process, "seed")
         shown = {**train, "data": train.get("data") or "the bundled digits"}
         recipe = "\n".join(f"| {k} | {shown[k]} |" for k in keep if k in train)
         step = checkpoint.get("step")
@@ -115,6 +123,28 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
                   "1000-step linear DDPM schedule with learned-range variance, ImageNet latents (SD-VAE).")
     else:
         recipe = "The checkpoint does not record its training recipe."
+    scheduler_line = (f"`{type(pipe.scheduler).__name__}` config\n  "
+                      f"`{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith('_')})}`")
+    if flow:
+        objective_line = (f"- Objective: flow matching as SiT (path {objective.get('path')}, prediction "
+                          f"{objective.get('prediction')}; t = 0 noise, t = 1 data, the model predicts "
+                          f"v = data - noise; time sampling {objective.get('time_sampling', 'uniform')})")
+        sampling = ("Euler steps of diffusers' flow-matching scheduler (x_sigma = (1 - sigma) x0 + sigma noise; the "
+                    "pipeline calls the model at t = 1 - sigma and passes -v), 250 steps, classifier-free guidance "
+                    "1.5 on the first 3 channels (fewer if the model has fewer); " + scheduler_line)
+        same_as = "sigmas=flow_sigmas(250): = dico sample --method euler --steps 251 --seed 0"
+        others = ("Other schedulers: diffusers' flow-matching ones, e.g. "
+                  "`pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)`; "
+                  "`from dico.pipelines import flow_sigmas` and `pipe(..., sigmas=flow_sigmas(N))` for dico's uniform "
+                  "Euler grid (the scheduler's own grid ends with a step from sigma 1/1000 to 0).")
+    else:
+        objective_line = "- Objective: DDPM (noise prediction, iDDPM learned-range variance)"
+        sampling = ("iDDPM ancestral sampling with the learned-range variance, 250 steps, classifier-free guidance\n"
+                    "  1.5 on the first 3 noise channels (fewer if the model has fewer): the official protocol;\n  "
+                    + scheduler_line)
+        same_as = "= dico sample --seed 0"
+        others = ("Other schedulers: `pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)` "
+                  "(25 steps is\nplenty), or `DDIMScheduler.from_config(...)`.")
     labels = pipe.config.id2label
     example = ", ".join(repr(labels[k].split(",")[0]) for k in list(labels)[:2]) or "0"
     license_line = (f"{LICENSE} (dico's code). Weights converted from an official release keep that release's "
@@ -137,10 +167,8 @@ compact channel attention, conditioned on timestep and class through adaLN. Conv
 - Architecture: `{type(model).__name__}` with {parameters / 1e6:.2f}M parameters; config
   `{json.dumps(config)}`
 - Output: {space}; {len(labels)} classes
-- Sampling (default): iDDPM ancestral sampling with the learned-range variance, 250 steps, classifier-free guidance
-  1.5 on the first 3 noise channels (fewer if the model has fewer): the official protocol;
-  `{type(pipe.scheduler).__name__}` config
-  `{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")})}`
+{objective_line}
+- Sampling (default): {sampling}
 
 ## Training
 
@@ -151,7 +179,7 @@ compact channel attention, conditioned on timestep and class through adaLN. Conv
 ```python
 from dico.pipelines import DiCoPipeline           # pip install dico
 pipe = DiCoPipeline.from_pretrained("path/or/hub-id")
-images = pipe(class_labels=pipe.get_label_ids([{example}]), seed=0).images   # = dico sample --seed 0
+images = pipe(class_labels=pipe.get_label_ids([{example}]), seed=0).images   # {same_as}
 ```
 
 or with diffusers' generic loader (runs the one-line `dico_pipeline.py` of this folder, which imports dico):
@@ -161,8 +189,7 @@ from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("path/or/hub-id", trust_remote_code=True)
 ```
 
-Other schedulers: `pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)` (25 steps is
-plenty), or `DDIMScheduler.from_config(...)`. A web demo: `dico demo --ckpt path/or/hub-id`.
+{others} A web demo: `dico demo --ckpt path/or/hub-id`.
 
 ## License
 

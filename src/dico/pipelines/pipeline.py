@@ -3,6 +3,17 @@
 With its default scheduler and a `seed`, a pipeline makes exactly the images of `dico sample` (same seeds, labels
 and settings): image i's initial and per-step noise are keyed by (seed, i) as in `dico.sampling.generate`. With a
 torch `generator` instead it follows diffusers' conventions (noise drawn from that generator).
+
+Flow-matching models (objective {"kind": "flow", "path": "Linear", "prediction": "velocity"}, trained as SiT: t = 0
+noise, t = 1 data, the model predicts v = data - noise) run on diffusers' flow-matching schedulers
+(`FlowMatchEulerDiscreteScheduler` by default) as those define it: x_sigma = (1 - sigma) * x0 + sigma * noise,
+timesteps = sigma * num_train_timesteps, model output = noise - x0. So the pipeline calls dico's model at
+t = 1 - sigma and hands the scheduler -v (the first in_channels channels of a learned-sigma output).
+
+Time grids: FlowMatchEulerDiscreteScheduler's N steps run over sigmas linspace(1, 1/num_train_timesteps, N) and then
+0, while `dico sample --method euler --steps N+1` runs over the uniform t = linspace(0, 1, N+1), i.e. sigmas
+linspace(1, 0, N+1). `pipe(..., sigmas=flow_sigmas(N))` gives dico's grid, hence dico's Euler samples for a seed (to
+float rounding of 1 - (1 - t)). Shifts: dico's --shift s is the scheduler's shift 1 / s.
 """
 
 import difflib
@@ -10,6 +21,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -21,6 +33,7 @@ from ..randomness import PURPOSES, keyed_generator, keyed_randn
 from .scheduler import DiCoScheduler
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+FLOW_PATHS, FLOW_PREDICTIONS = ("Linear",), ("velocity",)  # what diffusers' flow-matching schedulers define
 # A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
 LOADER_MODULE = "dico_pipeline"
 LOADER_SOURCE = '''"""Lets `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` load this folder: the
@@ -32,6 +45,60 @@ __all__ = ["DiCoPipeline"]
 '''
 
 
+def objective_kind(objective: dict | None) -> str:
+    """"ddpm" (also for None: the official objective, what checkpoints without a record were trained with) or
+    "flow"; anything else is refused."""
+    kind = (objective or {}).get("kind", "ddpm")
+    if kind not in ("ddpm", "flow"):
+        raise ValueError(f"unknown objective kind {kind!r} (known: ddpm, flow)")
+    return kind
+
+
+def check_flow_objective(objective: dict) -> dict:
+    """The flow objective (as `dico.transport.FlowObjective(...).to_dict()`), refused unless diffusers' flow-matching
+    schedulers define its sampling: the Linear path with velocity prediction."""
+    from ..transport import FlowObjective
+
+    flow = FlowObjective.from_dict(objective)
+    if flow.path not in FLOW_PATHS or flow.prediction not in FLOW_PREDICTIONS:
+        raise ValueError(
+            f"DiCoPipeline samples flow-matching models with path {' or '.join(map(repr, FLOW_PATHS))} and prediction "
+            f"{' or '.join(map(repr, FLOW_PREDICTIONS))} only (diffusers' flow-matching schedulers: x_sigma = "
+            f"(1 - sigma) * x0 + sigma * noise, model output noise - x0); this model has path {flow.path!r} and "
+            f"prediction {flow.prediction!r}: sample it with `dico sample`")
+    return flow.to_dict()
+
+
+def is_flow_scheduler(scheduler) -> bool:
+    """Whether a scheduler samples flow matching (diffusers' FlowMatch* schedulers, or a multistep solver set up with
+    prediction_type="flow_prediction")."""
+    return type(scheduler).__name__.startswith("FlowMatch") or \
+        getattr(scheduler.config, "prediction_type", None) == "flow_prediction"
+
+
+def flow_sigmas(num_inference_steps: int) -> list:
+    """The sigmas (one per step, the scheduler appends the final 0) of dico's uniform Euler grid: with them,
+    FlowMatchEulerDiscreteScheduler(shift=1) steps exactly where `dico sample --method euler
+    --steps num_inference_steps+1` does (t = 1 - sigma = linspace(0, 1, N + 1))."""
+    if isinstance(num_inference_steps, bool) or int(num_inference_steps) < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps!r}")
+    n = int(num_inference_steps)
+    return (1 - torch.linspace(0, 1, n + 1, dtype=torch.float32))[:-1].tolist()
+
+
+def flow_sigma(scheduler, timestep) -> torch.Tensor:
+    """The sigma of the scheduler's current step (read from its sigmas, so the model's time 1 - sigma is not
+    rounded through timestep / num_train_timesteps); the timestep's sigma for schedulers that keep no sigmas."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    index = getattr(scheduler, "step_index", None)
+    if index is None and hasattr(scheduler, "index_for_timestep"):
+        begin = getattr(scheduler, "begin_index", None)
+        index = begin if begin is not None else scheduler.index_for_timestep(timestep)
+    if torch.is_tensor(sigmas) and sigmas.ndim == 1 and index is not None and int(index) < len(sigmas):
+        return sigmas[int(index)].to(torch.float32)
+    return torch.as_tensor(timestep, dtype=torch.float32) / scheduler.config.num_train_timesteps
+
+
 class DiCoPipeline(DiffusionPipeline):
     """Class-conditional sampling of a dico model.
 
@@ -39,22 +106,27 @@ class DiCoPipeline(DiffusionPipeline):
     learned variance, as the official sampler; any diffusers scheduler can be swapped in) and `vae` (the decoder of a
     latent model; None for pixel-space models such as the digits demo).
     Config: `id2label` (class id -> name(s), comma-separated synonyms), `sample_size` (the model's input side, latent
-    or pixel) and `latent_scale` (latents are divided by it before decoding).
+    or pixel), `latent_scale` (latents are divided by it before decoding) and `objective` (what the checkpoint
+    records: None or {"kind": "ddpm", ...} for DDPM models, `FlowObjective(...).to_dict()` for flow-matching ones,
+    which sample with diffusers' flow-matching schedulers, `FlowMatchEulerDiscreteScheduler` by default).
     """
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
 
     def __init__(self, transformer, scheduler, vae=None, id2label: dict | None = None, sample_size: int | None = None,
-                 latent_scale: float = LATENT_SCALE):
+                 latent_scale: float = LATENT_SCALE, objective: dict | None = None):
         super().__init__()
+        if objective_kind(objective) == "flow":
+            objective = check_flow_objective(objective)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         if sample_size is None:
             sample_size = transformer.config.get("input_size")
         if sample_size is None:
             raise ValueError("sample_size (the model's input side in pixels or latents) is required for DiCo")
         id2label = {str(k): str(v) for k, v in (id2label or {}).items()}
-        self.register_to_config(id2label=id2label, sample_size=int(sample_size), latent_scale=float(latent_scale))
+        self.register_to_config(id2label=id2label, sample_size=int(sample_size), latent_scale=float(latent_scale),
+                                objective=dict(objective) if objective else None)
         self.labels = {}
         for key, names in id2label.items():
             for name in names.split(","):
@@ -115,7 +187,7 @@ class DiCoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, class_labels, guidance_scale: float = 1.5, num_inference_steps: int = 250,
                  generator=None, seed: int | None = None, guidance_channels: int | str = 3,
-                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None):
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None, sigmas=None):
         """Images of `class_labels` (one per label: ids, or names from `id2label`).
 
         guidance_scale: classifier-free guidance (1 = off; the official FID protocol uses 1.5 with 250 steps).
@@ -125,6 +197,8 @@ class DiCoPipeline(DiffusionPipeline):
         output_type: "pil" (RGB images, quantised as `dico sample` writes them), "np" (float (N, H, W, C) in
             [0, 1]) or "latent" (the model's raw samples: latents, or pixels in [-1, 1] for pixel models).
         callback_on_step_end(pipe, step, timestep, {"latents": x}): called after every step (e.g. progress).
+        sigmas: custom sigmas for schedulers whose set_timesteps takes them (the flow-matching ones; one per step,
+            num_inference_steps is then their number): `flow_sigmas(N)` gives dico's uniform Euler grid.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -140,27 +214,46 @@ class DiCoPipeline(DiffusionPipeline):
                              "use guidance_scale=1")
         if guidance_channels != "all":
             guidance_channels = min(int(guidance_channels), channels)  # a grey pixel model has one noise channel
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        flow = self.check_scheduler()
+        if sigmas is not None:
+            if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ValueError(f"{type(self.scheduler).__name__} takes no custom sigmas; use num_inference_steps")
+            self.scheduler.set_timesteps(sigmas=[float(s) for s in np.asarray(sigmas, dtype=np.float64).ravel()],
+                                         device=device)
+        else:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or \
+                    num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
 
         shape = (channels, size, size)
         if seed is not None:
             x = keyed_randn([(seed, PURPOSES["sample_init"], i) for i in range(n)], shape, device)
         else:
             x = randn_tensor((n, *shape), generator=generator, device=device, dtype=torch.float32)
-        x = x * self.scheduler.init_noise_sigma
+        x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
         y = labels
         if guided:  # [cond; uncond] halves, as dico's sampler and the official one lay them out
             x, y = torch.cat([x, x]), torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
         noise_for_step = self.step_noise(seed, generator, n, shape, guided, device)
 
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(x, t).to(model.dtype)
-            timesteps = torch.full((len(x),), int(t), dtype=torch.long, device=device)
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_input = self.scheduler.scale_model_input(x, t).to(model.dtype)
+            else:
+                model_input = x.to(model.dtype)
+            if flow:  # dico's flow time: t = 0 noise, t = 1 data, i.e. 1 - sigma
+                model_time = 1 - flow_sigma(self.scheduler, t).to(device)
+                timesteps = torch.ones(len(x), dtype=torch.float32, device=device) * model_time
+            else:
+                timesteps = torch.full((len(x),), int(t), dtype=torch.long, device=device)
             if guided:
                 output = model.forward_with_cfg(model_input, timesteps, y, guidance_scale, guidance_channels)
             else:
                 output = model(model_input, timesteps, y)
-            x = self.scheduler.step(self.scheduler_input(output, channels), t, x, **noise_for_step(step)).prev_sample
+            # flow: the scheduler wants noise - x0 = -v, from the velocity channels (not a learned sigma's half)
+            model_output = -output[:, :channels] if flow else self.scheduler_input(output, channels)
+            x = self.scheduler.step(model_output, t, x, **noise_for_step(step)).prev_sample
             if callback_on_step_end is not None:
                 callback_on_step_end(self, step, t, {"latents": x})
         samples = x[:n]
@@ -178,6 +271,19 @@ class DiCoPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def check_scheduler(self) -> bool:
+        """Whether this pipeline samples a flow model; a scheduler of the other kind than the model's objective is
+        refused (a flow model on a DDPM scheduler, or the reverse, would make noise without an error)."""
+        flow = objective_kind(self.config.get("objective")) == "flow"
+        if flow and not is_flow_scheduler(self.scheduler):
+            raise ValueError(f"this is a flow-matching model (path Linear, prediction velocity): it needs a "
+                             f"flow-matching scheduler such as diffusers' FlowMatchEulerDiscreteScheduler, not "
+                             f"{type(self.scheduler).__name__}")
+        if not flow and is_flow_scheduler(self.scheduler):
+            raise ValueError(f"this is a DDPM model: {type(self.scheduler).__name__} samples flow-matching models; use "
+                             f"DiCoScheduler or a DDPM-family scheduler (DDIM, DPMSolverMultistep, ...)")
+        return flow
 
     def scheduler_input(self, output: torch.Tensor, channels: int) -> torch.Tensor:
         """The part of a learned-variance output (eps, v) a scheduler takes: ours, and DDPM with a learned variance

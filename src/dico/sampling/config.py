@@ -89,6 +89,7 @@ class SampleConfig(SamplingOptions):
             raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
         if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)):
             raise ValueError(f"--classes must be class ids >= 0, e.g. 1,2,3, got {self.classes!r}")
-        if Path(self.out).suffix not in (".png", ".npz"):
-            raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {self.out}")
-        check_writable_parent("out", self.out)
+        if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
+            if Path(self.out).suffix not in (".png", ".npz"):
+                raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {self.out}")
+            check_writable_parent("out", self.out)
