@@ -10,3 +10,29 @@ FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# A DiCo-Tiny small enough for a training step in milliseconds, and the demo recipe around it for a few steps.
+TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
+
+
+def tiny_run_config(results, **overrides):
+    """The digits demo preset with a tiny model, 4 steps of 8 images, checkpoints every 2 steps."""
+    from dico.training import preset
+
+    base = dict(model="DiCo-Tiny", model_overrides=TINY, results_dir=str(results), max_steps=4, global_batch=8,
+                log_every=2, ckpt_every=2, num_workers=0, lr=1e-3, ema_decay=0.9, grid_classes=2,
+                grid_per_class=2, grid_steps=3)
+    return preset("demo", **{**base, **overrides})
+
+
+def save_tiny_vae(path, latent_channels: int = 4):
+    """A real diffusers AutoencoderKL, tiny and with random weights (seeded), saved as a local directory."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, latent_channels=latent_channels,
+                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    vae.save_pretrained(path)
+    return path

@@ -2,11 +2,11 @@
 and the latent data set, each checked against an independent computation."""
 
 import json
-from dataclasses import replace
 import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,11 +15,12 @@ from PIL import Image
 
 import dico
 from dico.cli import main as cli
-from dico.data import (DataFacts, read_meta, ImageFolderDataset, LatentDataset, build_dataset, center_crop_arr,
+from dico.data import (DataFacts, ImageFolderDataset, LatentDataset, build_dataset, center_crop_arr,
                        decode_latents, encode_moments, extract_latents, load_digits_uint8, load_vae,
-                       resolve_vae, scan_image_folder)
+                       read_meta, resolve_vae, scan_image_folder)
 from dico.data.latents import DONE, META, PLAN, create_latent_files, open_moments, write_json_atomic
 from dico.training import preset, train
+from helpers import save_tiny_vae
 
 TINY_MODEL = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
 SIZE = 16  # image size of the extraction tests; the tiny VAE halves it once -> 8x8 latents
@@ -47,14 +48,7 @@ def class_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A real diffusers AutoencoderKL, tiny and with random weights, saved as a local directory."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny-vae")
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,10 @@ from dico.data import ImageFolderDataset, scan_image_folder
 from dico.images import read_rgb
 from dico.models import build_model, model_spec
 from dico.sampling import OutputSpace, SamplingOptions, generate, sample_to_npz
-from dico.training import NonFiniteError, TrainingInterrupted, newest_checkpoint, preset, train
+from dico.training import NonFiniteError, TrainingInterrupted, newest_checkpoint, train
+from helpers import TINY, tiny_run_config
 
-TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
-
-
-def run_config(results, **overrides):
-    base = dict(model="DiCo-Tiny", model_overrides=TINY, results_dir=str(results), max_steps=4, global_batch=8,
-                log_every=2, ckpt_every=2, num_workers=0, lr=1e-3, ema_decay=0.9, grid_classes=2,
-                grid_per_class=2, grid_steps=3)
-    return preset("demo", **{**base, **overrides})
+run_config = tiny_run_config
 
 
 def state(path, which="model"):

@@ -10,17 +10,12 @@ from dico.checkpoints import load_pretrained
 from dico.cli import main as cli
 from dico.data import OutputSpace
 from dico.sampling import SamplingOptions, generate
-from dico.training import preset, train
+from dico.training import train
 from dico.transport import FlowObjective
-
-TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
-
+from helpers import TINY, tiny_run_config
 
 def flow_config(results, **overrides):
-    base = dict(model="DiCo-Tiny", model_overrides=TINY, results_dir=str(results), max_steps=4, global_batch=8,
-                log_every=2, ckpt_every=2, num_workers=0, lr=1e-3, ema_decay=0.9, objective="flow",
-                time_sampling="logit-normal")
-    return preset("demo", **{**base, **overrides})
+    return tiny_run_config(results, **{"objective": "flow", "time_sampling": "logit-normal", **overrides})
 
 
 @pytest.fixture(scope="module")

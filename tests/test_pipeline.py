@@ -1,5 +1,6 @@
 """dico in diffusers: the model components, DiCoPipeline against dico's own sampler, pipeline folders, schedulers."""
 
+import importlib
 import inspect
 import json
 import socket
@@ -14,13 +15,16 @@ from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.models import DiCo, DiT, build_model, model_spec
 from dico.sampling import OutputSpace, SamplingOptions, generate
+from dico.transport import FlowObjective
+from dico.transport.sampler import time_grid
 
 pytest.importorskip("diffusers")
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline,  # noqa: E402
-                       DPMSolverMultistepScheduler, EulerDiscreteScheduler)
+                       DPMSolverMultistepScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+                       FlowMatchHeunDiscreteScheduler)
 
 from dico.pipelines import (DiCo2DModel, DiCoPipeline, DiCoScheduler, DiT2DModel, as_component,  # noqa: E402
-                            imagenet_labels, pipeline_from_network, push_to_hub, save_pipeline)
+                            flow_sigmas, imagenet_labels, pipeline_from_network, push_to_hub, save_pipeline)
 
 SPACE = OutputSpace(resolution=8, channels=1)
 SPEC = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
@@ -341,3 +345,190 @@ def test_dit_models_run_in_the_same_pipeline():
     assert isinstance(pipe.transformer, DiT2DModel)
     expected = generate(network, SPACE, range(2), torch.tensor([1, 2]), SamplingOptions(steps=5, cfg_scale=2.0, seed=1))
     np.testing.assert_array_equal(images(pipe([1, 2], guidance_scale=2.0, num_inference_steps=5, seed=1)), expected)
+
+
+# ------------------------------------------------------------------------------------------ flow-matching models
+
+FLOW = FlowObjective().to_dict()  # Linear path, velocity prediction: SiT's setting
+
+
+@pytest.fixture(scope="module")
+def flow_network():
+    return random_network(seed=1)
+
+
+@pytest.fixture(scope="module")
+def flow_pipe(flow_network):
+    pipe = pipeline_from_network(flow_network, SPACE, objective=FLOW)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def flow_checkpoint(flow_network, tmp_path_factory):
+    """A flow-matching training checkpoint (the objective recorded as dico train records it)."""
+    path = tmp_path_factory.mktemp("flow-ckpt") / "0000010.pt"
+    atomic_save({"format": "dico-train/1", "model": flow_network.state_dict(), "ema": flow_network.state_dict(),
+                 "spec": SPEC, "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
+                 "objective": FLOW, "step": 10,
+                 "config": {"model": "DiCo-Tiny", "data": None, "lr": 0.001, "global_batch": 64, "max_steps": 10,
+                            "ema_decay": 0.995, "objective": "flow", "path": "Linear", "prediction": "velocity",
+                            "time_sampling": "uniform"}}, path)
+    return path
+
+
+def dico_samples(monkeypatch, network, labels, options, objective=FLOW) -> torch.Tensor:
+    """dico.sampling.generate's samples before quantisation (its last step, to_uint8, made the identity)."""
+    generate_module = importlib.import_module("dico.sampling.generate")  # the module (the package exports the function)
+    monkeypatch.setattr(generate_module, "to_uint8", lambda z: z.clone())
+    return generate(network, SPACE, range(len(labels)), torch.tensor(labels), options, objective=objective)
+
+
+def model_times(pipe, call) -> list:
+    """The time argument of every model call a pipeline run makes."""
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_flow_models_get_diffusers_flow_match_euler_scheduler_by_default(flow_pipe):
+    assert isinstance(flow_pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert flow_pipe.scheduler.config.shift == 1.0 and flow_pipe.scheduler.config.num_train_timesteps == 1000
+    assert flow_pipe.config.objective == FLOW
+    assert flow_pipe.transformer.config.learn_sigma  # the velocity is read from the first in_channels channels
+
+
+def test_flow_grids_diffusers_default_ends_at_sigma_one_thousandth_dicos_at_zero():
+    """The documented difference: FlowMatchEulerDiscreteScheduler's N sigmas are linspace(1, 1/1000, N) (then 0), dico's
+    Euler grid with N+1 points is t = linspace(0, 1, N+1), i.e. sigmas 1 - t; flow_sigmas(N) gives dico's grid."""
+    n = 6
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    scheduler.set_timesteps(n)
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), [*np.linspace(1, 1e-3, n), 0], atol=1e-7)
+    dico_grid = time_grid(0.0, 1.0, n + 1)
+    assert not torch.allclose(1 - scheduler.sigmas, dico_grid, atol=1e-3)
+    scheduler.set_timesteps(sigmas=flow_sigmas(n))
+    assert scheduler.timesteps.shape == (n,) and scheduler.sigmas[-1] == 0
+    torch.testing.assert_close(1 - scheduler.sigmas, dico_grid, atol=6e-8, rtol=0)  # 1 - (1 - t): rounding only
+    with pytest.raises(ValueError, match="at least 1"):
+        flow_sigmas(0)
+
+
+@pytest.mark.parametrize("guidance, channels", [(1.0, 3), (2.0, 3), (2.5, "all")],
+                         ids=["unguided", "guided-3", "guided-all"])
+def test_flow_pipeline_makes_dicos_euler_samples_for_the_same_seed(flow_pipe, flow_network, monkeypatch, guidance,
+                                                                   channels):
+    n, labels = 6, [3, 7, 1, 0]
+    options = SamplingOptions(method="euler", steps=n + 1, cfg_scale=guidance, guidance_channels=channels, seed=5)
+    expected = dico_samples(monkeypatch, flow_network, labels, options)
+
+    def run():
+        return flow_pipe(labels, guidance_scale=guidance, guidance_channels=channels, num_inference_steps=n,
+                         sigmas=flow_sigmas(n), seed=5, output_type="latent").images
+
+    seen = []
+    times = model_times(flow_pipe, lambda: seen.append(run()))
+    got = seen[0]
+    assert got.shape == expected.shape == (4, 1, 8, 8)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    assert float((got - expected).abs().max()) < 1e-5 < float(expected.std())  # a comparison with teeth
+    # The model is called at dico's times t = k / n (0 = noise), one call per Euler step, all images at once.
+    assert len(times) == n and all(t.dtype == torch.float32 and len(set(t.tolist())) == 1 for t in times)
+    torch.testing.assert_close(torch.stack([t[0] for t in times]), time_grid(0.0, 1.0, n + 1)[:-1], atol=6e-8, rtol=0)
+    quantised = images(flow_pipe(labels, guidance_scale=guidance, guidance_channels=channels, num_inference_steps=n,
+                                 sigmas=flow_sigmas(n), seed=5))
+    assert len({im.tobytes() for im in quantised}) == 4
+
+
+def test_flow_pipeline_on_the_schedulers_own_grid_differs_only_by_the_grid(flow_pipe, flow_network, monkeypatch):
+    """Without sigmas= the scheduler's grid (last step from sigma 1/1000 to 0) is used: close to dico's Euler run
+    on that same grid (dico's time_grid cannot express it, so compare with dico's uniform grid loosely)."""
+    n = 8
+    default = flow_pipe([2, 5], guidance_scale=1.0, num_inference_steps=n, seed=3, output_type="latent").images
+    uniform = flow_pipe([2, 5], guidance_scale=1.0, num_inference_steps=n, sigmas=flow_sigmas(n), seed=3,
+                        output_type="latent").images
+    assert torch.isfinite(default).all() and not torch.allclose(default, uniform, atol=1e-6)
+    assert float((default - uniform).abs().max()) < 0.5 * float(uniform.abs().max())
+
+
+def test_flow_pipeline_saves_and_loads_with_its_scheduler_and_objective(flow_pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    flow_pipe.save_pretrained(tmp_path / "flow")
+    index = json.loads((tmp_path / "flow" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"] and index["objective"] == FLOW
+    for loaded in (DiCoPipeline.from_pretrained(tmp_path / "flow"),
+                   DiffusionPipeline.from_pretrained(tmp_path / "flow", trust_remote_code=True)):
+        assert type(loaded) is DiCoPipeline and isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler)
+        assert loaded.config.objective == FLOW
+        loaded.set_progress_bar_config(disable=True)
+        for kwargs in ({"guidance_scale": 1.0}, {"guidance_scale": 2.0, "sigmas": flow_sigmas(5)}):
+            torch.testing.assert_close(
+                loaded([4, 2], num_inference_steps=5, seed=9, output_type="latent", **kwargs).images,
+                flow_pipe([4, 2], num_inference_steps=5, seed=9, output_type="latent", **kwargs).images, atol=0, rtol=0)
+
+
+def test_dico_convert_writes_a_flow_pipeline_that_samples_as_dico_sample(flow_checkpoint, tmp_path):
+    out = tmp_path / "dico-flow"
+    assert cli(["convert", str(flow_checkpoint), str(out), "--format", "diffusers"]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"] and index["objective"] == FLOW
+    card = (out / "README.md").read_text()
+    for needed in ("flow matching", "path Linear, prediction velocity", "FlowMatchEulerDiscreteScheduler",
+                   "| objective | flow |", "t = 1 - sigma"):
+        assert needed in card, needed
+    assert "learned-range" not in card and "diffusion_steps" not in card
+    npz = tmp_path / "s.npz"
+    assert cli(["sample", "--ckpt", str(flow_checkpoint), "--classes", "3,7", "--num-samples", "4", "--method",
+                "euler", "--steps", "7", "--cfg-scale", "2", "--seed", "11", "--out", str(npz)]) == 0
+    loaded = DiCoPipeline.from_pretrained(out)
+    loaded.set_progress_bar_config(disable=True)
+    got = images(loaded(["3", "7", "3", "7"], guidance_scale=2.0, num_inference_steps=6, sigmas=flow_sigmas(6),
+                        seed=11)).astype(int)
+    with np.load(npz) as f:
+        expected = f["arr_0"].astype(int)
+    assert got.shape == expected.shape == (4, 8, 8, 3)
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.99  # floats agree to ~1e-6
+
+
+def test_flow_objectives_the_schedulers_do_not_define_are_refused():
+    network = random_network()
+    for objective, named in ((FlowObjective(path="GVP").to_dict(), "path 'GVP'"),
+                             (FlowObjective(prediction="noise").to_dict(), "prediction 'noise'")):
+        with pytest.raises(ValueError, match=f"path 'Linear' and prediction 'velocity' only.*{named}"):
+            pipeline_from_network(network, SPACE, objective=objective)
+        with pytest.raises(ValueError, match="path 'Linear' and prediction 'velocity' only"):
+            DiCoPipeline(transformer=as_component(network), scheduler=FlowMatchEulerDiscreteScheduler(),
+                         sample_size=8, objective=objective)
+    with pytest.raises(ValueError, match="unknown objective kind"):
+        pipeline_from_network(network, SPACE, objective={"kind": "consistency"})
+
+
+def test_a_scheduler_of_the_other_kind_is_refused(flow_pipe, pipe):
+    ddpm_on_flow = DiCoPipeline(**{**flow_pipe.components, "scheduler": DDPMScheduler()},
+                                id2label=flow_pipe.config.id2label, sample_size=8, objective=FLOW)
+    with pytest.raises(ValueError, match="needs a flow-matching scheduler"):
+        ddpm_on_flow([1], num_inference_steps=2, seed=0)
+    flow_on_ddpm = DiCoPipeline(**{**pipe.components, "scheduler": FlowMatchEulerDiscreteScheduler()},
+                                id2label=pipe.config.id2label, sample_size=8)
+    with pytest.raises(ValueError, match="this is a DDPM model"):
+        flow_on_ddpm([1], num_inference_steps=2, seed=0)
+    with pytest.raises(ValueError, match="takes no custom sigmas"):
+        pipe([1], num_inference_steps=2, sigmas=[1.0, 0.5], seed=0)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        flow_pipe([1], num_inference_steps=0, seed=0)
+
+
+def test_other_flow_match_schedulers_swap_in(flow_pipe):
+    heun = DiCoPipeline(**{**flow_pipe.components,
+                           "scheduler": FlowMatchHeunDiscreteScheduler.from_config(flow_pipe.scheduler.config)},
+                        id2label=flow_pipe.config.id2label, sample_size=8, objective=FLOW)
+    heun.set_progress_bar_config(disable=True)
+    times = model_times(heun, lambda: heun([1, 2], guidance_scale=2.0, num_inference_steps=4, seed=3))
+    assert len(times) == 7 and float(times[0][0]) == 0.0  # Heun: two model calls per step but the last
+    out = heun([1, 2], guidance_scale=2.0, num_inference_steps=4, seed=3, output_type="latent").images
+    euler = flow_pipe([1, 2], guidance_scale=2.0, num_inference_steps=4, seed=3, output_type="latent").images
+    assert torch.isfinite(out).all() and float((out - euler).abs().max()) < 0.5 * float(euler.abs().max())

@@ -19,6 +19,7 @@ from dico.diffusion import create_diffusion
 from dico.models import create_model
 from dico.repa import (DigitsPatchEncoder, RepaConfig, RepaLoss, feature_module, load_encoder, repa_dataset,
                        repa_weight_at, resize_tokens, save_encoder_file, train_digits_encoder)
+from helpers import save_tiny_vae
 
 SIZE = 16  # image size of the extraction tests; the tiny autoencoders halve it once -> 8x8 latents
 
@@ -333,14 +334,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kl8_dir(tmp_path_factory):
     """A tiny random AutoencoderKL with 8 latent channels: not the SD-VAE's latent space."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, latent_channels=8, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    path = tmp_path_factory.mktemp("vae") / "kl8"
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "kl8", latent_channels=8)
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,10 @@ import torch
 
 import dico
 from dico.cli import main as cli
-from dico.training import preset, train
+from dico.training import train
+from helpers import TINY, tiny_run_config
 
-TINY = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
-
-
-def run_config(results, **overrides):
-    base = dict(model="DiCo-Tiny", model_overrides=TINY, results_dir=str(results), max_steps=4, global_batch=8,
-                log_every=2, ckpt_every=2, num_workers=0, lr=1e-3, ema_decay=0.9, grid_classes=2,
-                grid_per_class=2, grid_steps=3)
-    return preset("demo", **{**base, **overrides})
+run_config = tiny_run_config
 
 
 def weights(path, which="model"):

@@ -156,13 +156,7 @@ def check_writable_parent(name: str, path) -> None:
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{flag(name)} {path} is a folder; name a file")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag(name)} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag(name)} {path}: no permission to write in {parent}")
+    check_can_create(name, path.parent, path)
 
 
 def check_writable_dir(name: str, path) -> None:
@@ -170,7 +164,12 @@ def check_writable_dir(name: str, path) -> None:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag(name)} {path} is a file, not a folder")
-    existing = path
+    check_can_create(name, path, path)
+
+
+def check_can_create(name: str, folder: Path, path: Path) -> None:
+    """`folder` exists and is writable, or its nearest existing parent is a folder we may write in."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
