@@ -9,6 +9,7 @@ not written out a second time).
 import inspect
 from dataclasses import asdict
 
+import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
@@ -41,6 +42,11 @@ class DicoComponent(ModelMixin, ConfigMixin):
         pass
 
     @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """diffusers' loader, then the parameter layout dico's constructor gives (see `match_parameter_strides`)."""
+        return match_parameter_strides(super().from_pretrained(*args, **kwargs))
+
+    @classmethod
     def from_network(cls, network):
         """The component holding a copy of a dico network's weights (built by `dico.create_model` or loaded)."""
         component = cls(**network_settings(network))
@@ -63,6 +69,20 @@ class DiT2DModel(DiT, DicoComponent):
 
 
 COMPONENTS = {DiCo: DiCo2DModel, DiT: DiT2DModel}
+
+
+def match_parameter_strides(component):
+    """Give every parameter the strides dico's constructor gives it (DiCo keeps 1x1 and depthwise convolution weights
+    in channels-last strides); diffusers' loader builds its own tensors with the default strides, which hold the
+    same values and memory order but can send a CPU convolution down another kernel (other rounding). In place."""
+    with torch.device("meta"):
+        reference = dict(type(component)(**{k: v for k, v in network_settings(component).items()
+                                            if not k.startswith("_")}).named_parameters())
+    for name, p in component.named_parameters():
+        ref = reference.get(name)
+        if ref is not None and ref.shape == p.shape and p.stride() != ref.stride():
+            p.data = torch.empty_strided(p.shape, ref.stride(), dtype=p.dtype, device=p.device).copy_(p.data)
+    return component
 
 
 def network_settings(network) -> dict:
