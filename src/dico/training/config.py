@@ -63,7 +63,7 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 50_000
     num_workers: int = 4
-    grid_classes: int = 10  # the final sample grid: one row per class, this many rows at most
+    grid_classes: int = 10  # the final sample grid: one row per class, this many rows at most (0: no grid)
     grid_per_class: int = 8  # the final sample grid: images per row
     grid_steps: int = 50  # sampling steps for the final sample grid
     grid_cfg_scale: float = 1.5  # guidance scale for the final sample grid
@@ -73,7 +73,7 @@ class TrainConfig:
         naming the flag and what it accepts."""
         for name, low in (("max_steps", 1), ("global_batch", 1), ("warmup_steps", 0), ("log_every", 1),
                           ("ckpt_every", 1), ("num_workers", 0), ("diffusion_steps", 2), ("skip_nonfinite", 0),
-                          ("grid_classes", 1), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
+                          ("grid_classes", 0), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
             check_int(name, getattr(self, name), low)
         check_int("micro_batch", self.micro_batch, 1, self.global_batch, none_ok=True)
         check_int("image_size", self.image_size, 1, none_ok=True)

@@ -497,7 +497,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         log.close()
     if last_path is None:  # nothing left to train: the run was already complete
         last_path = newest_checkpoint(results)
-    if write_grid and env.main and last_path is not None:
+    if write_grid and config.grid_classes > 0 and env.main and last_path is not None:
         grid = write_class_grid(ema, facts, results / "samples.png", classes=config.grid_classes,
                                 per_class=config.grid_per_class, steps=config.grid_steps,
                                 cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device,
