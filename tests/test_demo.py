@@ -182,6 +182,25 @@ def test_demo_builds_from_a_checkpoint_path(tmp_path):
     assert demo.title == "DiCo demo"
 
 
+def test_a_flow_model_gets_the_flow_matching_samplers(tmp_path):
+    from dico.checkpoints import atomic_save
+    from dico.demo.app import FLOW_SAMPLERS, generate_images, sampler_pipelines
+    from dico.pipelines import load_pipeline
+    from dico.transport import FlowObjective
+
+    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
+    network = build_model(spec)
+    path = tmp_path / "0000001.pt"
+    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
+                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
+                 "objective": FlowObjective().to_dict(), "class_names": [str(d) for d in range(10)]}, path)
+    pipes = sampler_pipelines(load_pipeline(path))
+    assert list(pipes) == list(FLOW_SAMPLERS)
+    for name in pipes:
+        gallery, _ = generate_images(pipes, ["3", "7"], 1, 2.0, 4, name, 0, False)
+        assert [caption for _, caption in gallery] == ["3", "7"]
+
+
 # --------------------------------------------------------------------------- a trained model: the right digits
 
 

@@ -11,17 +11,27 @@ import time
 
 import gradio as gr
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       FlowMatchHeunDiscreteScheduler)
 from PIL import Image
 
 from ..pipelines import DiCoPipeline, DiCoScheduler, load_pipeline
+from ..pipelines.pipeline import objective_kind
 
-# Sampler name on the page -> the scheduler built from the pipeline's own scheduler config.
+# Sampler name on the page -> the scheduler built from the pipeline's own scheduler config, per objective.
 SAMPLERS = {
     "DDPM (official: learned variance)": lambda config: DiCoScheduler.from_config(config, sampler="ddpm", eta=0.0),
     "DDIM": lambda config: DiCoScheduler.from_config(config, sampler="ddim", eta=0.0),
     "DPM-Solver++ (2M)": lambda config: DPMSolverMultistepScheduler.from_config(config),
 }
+FLOW_SAMPLERS = {  # flow-matching models (SiT's objective): diffusers' flow-matching schedulers
+    "Flow matching, Euler": lambda config: FlowMatchEulerDiscreteScheduler.from_config(config),
+    "Flow matching, Heun": lambda config: FlowMatchHeunDiscreteScheduler.from_config(config),
+}
+
+
+def samplers_for(pipe: DiCoPipeline) -> dict:
+    return FLOW_SAMPLERS if objective_kind(pipe.config.objective) == "flow" else SAMPLERS
 MAX_IMAGES = 64  # per click: sampling runs on whatever device the server has, often a CPU
 MAX_STEPS = 1000
 MAX_GUIDANCE = 10.0
@@ -44,8 +54,8 @@ def sampler_pipelines(pipe: DiCoPipeline) -> dict:
     base = pipe.scheduler.config
     return {name: DiCoPipeline(transformer=pipe.transformer, vae=pipe.vae, scheduler=make(base),
                                id2label=pipe.config.id2label, sample_size=pipe.config.sample_size,
-                               latent_scale=pipe.config.latent_scale)
-            for name, make in SAMPLERS.items()}
+                               latent_scale=pipe.config.latent_scale, objective=pipe.config.objective)
+            for name, make in samplers_for(pipe).items()}
 
 
 def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, sampler, seed, random_seed,
@@ -129,7 +139,7 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
                                      info="1 = off; the official protocol uses 1.5", elem_id="guidance")
                 steps = gr.Number(value=250, precision=0, label="Steps", info=f"1 to {MAX_STEPS}; official: 250 "
                                   "(DDPM); DPM-Solver++ needs about 25", elem_id="steps")
-                sampler = gr.Radio(list(SAMPLERS), value=next(iter(SAMPLERS)), label="Sampler", elem_id="sampler")
+                sampler = gr.Radio(list(pipes), value=next(iter(pipes)), label="Sampler", elem_id="sampler")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                     random_seed = gr.Checkbox(value=False, label="Random seed", elem_id="random_seed")
