@@ -172,7 +172,9 @@ class _Case:
         channels = model.in_channels
         self.x = torch.randn(batch, channels, latent, latent, generator=g).to(device)
         self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        self.y = torch.randint(0, max(model.num_classes, 1), (batch,), generator=g).to(device)
+        # our models know their classes; the official twin of a registered model has the configured number
+        self.num_classes = getattr(model, "num_classes", config.num_classes)
+        self.y = torch.randint(0, max(self.num_classes, 1), (batch,), generator=g).to(device)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
         if task == "train":
@@ -198,7 +200,7 @@ class _Case:
     @torch.no_grad()
     def sample(self):
         # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
-        null = torch.full_like(self.y, self.model.num_classes)
+        null = torch.full_like(self.y, self.num_classes)
         y = torch.cat([self.y, null])
         x = torch.randn_like(self.x)
         steps = self.config.sample_steps
