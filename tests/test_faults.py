@@ -421,3 +421,38 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(line, named, tiny_checkp
     assert code == 2, err
     assert named in err and "Traceback" not in err
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before  # nothing written, nothing left
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    # The file-size limit makes every write past 64 KiB fail as a full disk would (EFBIG instead of ENOSPC).
+    limit = textwrap.dedent("""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+        from dico.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    results = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", limit, "train", "--model-options", json.dumps(TINY), "--results-dir",
+                           str(results), "--max-steps", "2", "--global-batch", "8", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert "dico train: error: could not write" in done.stderr and "disk full" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((results / "checkpoints").glob("*")), "a partial checkpoint was left behind"
+
+
+def test_ctrl_c_in_sample_is_one_line(tiny_checkpoint, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "dico.cli", "sample", "--ckpt", str(tiny_checkpoint), "--steps",
+                             "1000", "--num-samples", "64", "--batch-size", "8", "--out", str(tmp_path / "s.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    parts = tmp_path / "s.npz.parts"
+    deadline = time.time() + 120
+    while not (parts / "settings.json").exists() and time.time() < deadline:  # sampling has begun
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "dico sample: interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "s.npz").exists()  # no half file; finished shards stay for the rerun

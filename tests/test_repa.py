@@ -513,3 +513,24 @@ def test_two_processes_extract_the_tokens_one_does(extracted, folder, kl8_dir, v
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_allclose(open_repa_features(out).astype(np.float32),
                                open_repa_features(extracted).astype(np.float32), rtol=0, atol=1e-3)
+
+
+def test_a_repa_training_run_resumes_exactly_and_exports_no_projector(tmp_path):
+    import dico
+    from dico.checkpoints import load_pretrained
+    from dico.training import train
+    from helpers import tiny_run_config
+
+    def config(results, **changes):
+        return tiny_run_config(results, repa_encoder="digits", repa_layer="encoder_level_1", repa_projector_dim=16,
+                               **changes)
+
+    straight = train(config(tmp_path / "straight"), progress=False, write_grid=False)
+    train(config(tmp_path / "resumed", max_steps=2), progress=False, write_grid=False)
+    resumed = train(config(tmp_path / "resumed"), resume="auto", progress=False, write_grid=False)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for key in ("model", "ema", "repa_projector"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    model = load_pretrained(resumed).model
+    assert not any("projector" in k for k in model.state_dict())
+    assert set(model.state_dict()) == set(dico.create_model("DiCo-Tiny", **model.spec["config"]).state_dict())

@@ -450,7 +450,11 @@ def atomic_save(obj, path) -> None:
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:  # torch's zip writer reports a failed write (full disk, quota) this way
+                raise OSError(f"could not write {path} (disk full, or over a file size limit or quota?): "
+                              f"{str(err).strip().splitlines()[0]}") from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
