@@ -169,31 +169,30 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     keep(shot)
 
 
-def test_demo_builds_from_a_checkpoint_path(tmp_path):
+def save_tiny_checkpoint(path, **entries):
+    """A tiny pixel-space digits-like DiCo saved as one of our checkpoints, with extra `entries`."""
     from dico.checkpoints import atomic_save
 
     spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
     network = build_model(spec)
-    path = tmp_path / "0000001.pt"
     atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
-                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
-                 "config": {"data": None}}, path)
+                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, **entries}, path)
+    return path
+
+
+def test_demo_builds_from_a_checkpoint_path(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "0000001.pt", config={"data": None})
     demo = build_demo(path, device="cpu")
     assert demo.title == "DiCo demo"
 
 
 def test_a_flow_model_gets_the_flow_matching_samplers(tmp_path):
-    from dico.checkpoints import atomic_save
     from dico.demo.app import FLOW_SAMPLERS, generate_images, sampler_pipelines
     from dico.pipelines import load_pipeline
     from dico.transport import FlowObjective
 
-    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
-    network = build_model(spec)
-    path = tmp_path / "0000001.pt"
-    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
-                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
-                 "objective": FlowObjective().to_dict(), "class_names": [str(d) for d in range(10)]}, path)
+    path = save_tiny_checkpoint(tmp_path / "0000001.pt", objective=FlowObjective().to_dict(),
+                                class_names=[str(d) for d in range(10)])
     pipes = sampler_pipelines(load_pipeline(path))
     assert list(pipes) == list(FLOW_SAMPLERS)
     for name in pipes:
