@@ -319,9 +319,8 @@ def mismatch_error(label: str, errors: list, state_dict: dict, source) -> Checkp
 
 
 def model_label(model) -> str:
-    spec = getattr(model, "spec", None)
-    name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", None)
-    return name or type(model).__name__
+    spec = getattr(model, "spec", None)  # every dico model carries one; other modules are named by their class
+    return (spec or {}).get("name") or type(model).__name__
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> torch.nn.Module:
@@ -426,7 +425,9 @@ def load_pretrained(source, name: str | None = None, weights: str = "ema", image
             space.vae = check_vae_matches(space.vae, vae, space.latent_mean, space.latent_scale)
         except ValueError as err:
             raise CheckpointError(f"{source}: {err}") from err
-    model = load_weights(build_checked(spec, state, source), state, str(source)).eval()
+    model = build_checked(spec, state, source)  # shapes already compared with the file's: load as they are
+    model.load_state_dict(strip_wrappers(state), strict=True)
+    model.eval()
     return Pretrained(model, space, stored_objective(ckpt), ckpt, str(source))
 
 
