@@ -14,15 +14,17 @@ pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dico.demo import SAMPLERS, build_demo  # noqa: E402
+from dico.demo import build_demo  # noqa: E402
 from dico.models import build_model, model_spec  # noqa: E402
+from dico.objectives import DDPMObjective  # noqa: E402
 from dico.pipelines import pipeline_from_network, save_pipeline  # noqa: E402
 from dico.sampling import OutputSpace  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-DDPM, DDIM, DPM = list(SAMPLERS)
+SAMPLERS = list(DDPMObjective().pipeline_samplers())  # the page's sampler names for a DDPM model
+DDPM, DDIM, DPM = SAMPLERS
 
 
 def free_port() -> int:
@@ -189,7 +191,7 @@ def test_demo_builds_from_a_checkpoint_path(tmp_path):
 def test_a_flow_model_gets_the_flow_matching_samplers(tmp_path):
     from dico.demo.app import FLOW_SAMPLERS, generate_images, sampler_pipelines
     from dico.pipelines import load_pipeline
-    from dico.transport import FlowObjective
+    from dico.objectives import FlowObjective
 
     path = save_tiny_checkpoint(tmp_path / "0000001.pt", objective=FlowObjective().to_dict(),
                                 class_names=[str(d) for d in range(10)])

@@ -25,6 +25,7 @@ from dico.cli import main as cli
 from dico.data import ImageFolderDataset, scan_image_folder
 from dico.images import read_rgb
 from dico.models import build_model, model_spec
+from dico.objectives import DDPMObjective
 from dico.sampling import OutputSpace, SamplingOptions, generate, sample_to_npz
 from dico.training import NonFiniteError, TrainingInterrupted, newest_checkpoint, train
 from helpers import TINY, tiny_run_config
@@ -293,7 +294,7 @@ def test_a_crafted_depth_is_refused_before_building(tiny_checkpoint, tmp_path):
 def test_converted_files_carry_what_sampling_needs(tiny_checkpoint, tmp_path, capsys):
     st = convert(tiny_checkpoint, tmp_path / "w.safetensors")
     loaded = load_pretrained(st)
-    assert loaded.space == OutputSpace(8, 1) and loaded.objective["kind"] == "ddpm"
+    assert loaded.space == OutputSpace(8, 1) and loaded.objective == DDPMObjective()
     assert cli(["sample", "--ckpt", str(st), "--steps", "2", "--num-samples", "2", "--out",
                 str(tmp_path / "g.png")]) == 0
 

@@ -11,7 +11,7 @@ from dico.cli import main as cli
 from dico.data import OutputSpace
 from dico.sampling import SamplingOptions, generate
 from dico.training import train
-from dico.transport import FlowObjective
+from dico.objectives import FlowObjective
 from helpers import TINY, tiny_run_config
 
 def flow_config(results, **overrides):
@@ -26,9 +26,9 @@ def flow_run(tmp_path_factory):
 
 def test_the_checkpoint_records_the_flow_objective(flow_run):
     loaded = load_pretrained(flow_run)
-    assert loaded.objective == {"kind": "flow", "path": "Linear", "prediction": "velocity", "loss_weight": None,
-                                "train_eps": None, "sample_eps": None, "time_sampling": "logit-normal",
-                                "logit_mean": 0.0, "logit_std": 1.0}
+    assert loaded.objective.to_dict() == {"kind": "flow", "path": "Linear", "prediction": "velocity", "loss_weight": None,
+                                          "train_eps": None, "sample_eps": None, "time_sampling": "logit-normal",
+                                          "logit_mean": 0.0, "logit_std": 1.0}
 
 
 def test_flow_resume_is_exact(flow_run, tmp_path):

@@ -15,7 +15,7 @@ from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.models import DiCo, DiT, build_model, model_spec
 from dico.sampling import OutputSpace, SamplingOptions, generate
-from dico.transport import FlowObjective
+from dico.objectives import FlowObjective
 from dico.transport.sampler import time_grid
 
 pytest.importorskip("diffusers")

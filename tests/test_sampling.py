@@ -7,7 +7,11 @@ import torch
 from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.models import build_model, model_spec
+from dico.conditioning import ClassLabels
+from dico.objectives import FlowObjective
 from dico.sampling import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
+from dico.sampling.guided import CacheOptions, Denoiser, Guidance
+from dico.transport import Sampler, create_transport
 
 SPACE = OutputSpace(resolution=8, channels=1)
 
@@ -115,6 +119,24 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     assert "--classes must lie in [0, 10)" in capsys.readouterr().err
 
 
+def test_guidance_interval_guides_only_inside_it(model):
+    """Inside the flow-time interval the denoiser runs both halves (cond and null), outside it the cond half alone."""
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append((len(args[0]), args[1][0].item())))
+    denoiser = Denoiser(model, ClassLabels(torch.tensor([1, 2]), 10), Guidance(2.0, interval=(0.3, 0.7)),
+                        flow_time=FlowObjective().flow_time)
+    with torch.no_grad():
+        z = denoiser.layout(torch.randn(2, 1, 8, 8))
+        Sampler(create_transport()).sample_ode(sampling_method="euler", num_steps=11)(z, denoiser)
+    hook.remove()
+    guided, alone = [t for n, t in calls if n == 4], [t for n, t in calls if n == 2]
+    assert guided and all(0.3 <= t <= 0.7 for t in guided)
+    assert alone and all(t < 0.3 or t > 0.7 for t in alone)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        Denoiser(model, ClassLabels(torch.tensor([1]), 10), Guidance(2.0, interval=(0.3, 0.7)),
+                 cache=CacheOptions(interval=2))
+
+
 def test_deep_cache_refresh_steps_are_exact_and_cached_steps_skip_the_deep_levels(model):
     from dico.models.dico import FeatureCache
 
@@ -183,16 +205,14 @@ def test_official_latent_checkpoint_samples_through_its_vae(tmp_path):
 
 
 def test_deep_cache_with_guidance_refreshes_exactly_and_runs_the_cond_half_on_cached_calls(model):
-    from dico.sampling.deepcache import DeepCache
-
     x = torch.randn(3, 1, 8, 8)
     x2, t, y = torch.cat([x, x]), torch.full((6,), 400), torch.tensor([1, 2, 3, 10, 10, 10])
-    fn = DeepCache(model, interval=3, depth=1, cfg_scale=2.5, guidance_channels=1)
+    fn = Denoiser(model, ClassLabels(y[:3], 10), Guidance(2.5, channels=1), cache=CacheOptions(interval=3, depth=1))
     sizes = []
     hook = model.x_embedder.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
     with torch.no_grad():
-        first = fn(x2, t, y)
-        second = fn(x2 + 0.01, t, y)
+        first = fn(x2, t)
+        second = fn(x2 + 0.01, t)
     hook.remove()
     assert sizes == [6, 3]  # the cached call ran the conditional half only
     from dico.models.dico import FeatureCache

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dico.conditioning import ClassLabels
+from dico.objectives import FlowObjective
 from dico.randomness import PURPOSES, keyed_randn
-from dico.transport import (FlowObjective, Sampler, create_transport, guidance_interval, keyed_rademacher,
-                            sample_loop, shift_time, time_grid)
+from dico.sampling.guided import Denoiser, Guidance
+from dico.transport import Sampler, create_transport, keyed_rademacher, sample_loop, shift_time, time_grid
 
 PATH_TYPES = ("Linear", "GVP", "VP")
 PREDICTIONS = ("velocity", "noise", "score")
@@ -311,27 +313,6 @@ def test_timestep_shift():
     assert ode_error("heun2", 30, shift=0.5) < 2e-3
 
 
-def test_guidance_interval_runs_guidance_only_inside():
-    calls = {"guided": [], "plain": []}
-
-    def guided(x, t):
-        calls["guided"].append(t[0].item())
-        return torch.ones_like(x)
-
-    def plain(x, t):
-        calls["plain"].append(t[0].item())
-        return torch.zeros_like(x)
-
-    model = guidance_interval(guided, plain, 0.3, 0.7)
-    Sampler(create_transport()).sample_ode(sampling_method="euler", num_steps=11)(torch.zeros(2, 1), model)
-    assert calls["guided"] and all(0.3 <= t <= 0.7 for t in calls["guided"])
-    assert calls["plain"] and all(t < 0.3 or t > 0.7 for t in calls["plain"])
-    mixed = model(torch.zeros(3, 2), torch.tensor([0.1, 0.5, 0.9]))  # per-sample choice in a mixed batch
-    assert mixed[:, 0].tolist() == [0.0, 1.0, 0.0]
-    with pytest.raises(ValueError):
-        guidance_interval(guided, plain, 0.8, 0.2)
-
-
 # ------------------------------------------------------------------------------------------------ SDE sampling
 @pytest.mark.parametrize("method", ["Euler", "Heun"])
 def test_sde_transports_noise_to_the_gaussian_data(method):
@@ -430,8 +411,8 @@ def test_reverse_ode_of_vp_noise_model_starts_short_of_the_data_end():
 
 # ------------------------------------------------------------------------------------------------ a DiCo model
 def test_dico_model_trains_and_samples_through_the_transport():
-    """A DiCo with learned sigma takes continuous t in [0, 1]: the loss backpropagates, and the ODE runs its
-    classifier-free guidance (a callable from outside the transport) only inside a guidance interval."""
+    """A DiCo with learned sigma takes continuous t in [0, 1]: the loss backpropagates, and the ODE runs dico's
+    guided denoiser (a callable from outside the transport), with guidance only inside its interval."""
     import dico
 
     torch.manual_seed(0)
@@ -445,15 +426,13 @@ def test_dico_model_trains_and_samples_through_the_transport():
 
     model.eval()
     guided_times = []
-
-    def guided(x, t, y):
-        guided_times.append(t[0].item())
-        return model.forward_with_cfg(x, t, y, 4.0)
-
+    model.register_forward_pre_hook(lambda module, args: guided_times.append(args[1][0].item()) if len(args[0]) == 4
+                                    else None)
+    denoiser = Denoiser(model, ClassLabels(torch.tensor([0, 1]), 3), Guidance(4.0, interval=(0.2, 0.8)),
+                        flow_time=lambda t: t)
     z = torch.randn(2, 4, 8, 8)
-    doubled_z, doubled_y = torch.cat([z, z]), torch.tensor([0, 1, 3, 3])  # [cond; uncond], 3 = the null class
     sample = Sampler(transport).sample_ode(sampling_method="heun2", num_steps=5, shift=0.5)
-    x = sample(doubled_z, guidance_interval(guided, model, 0.2, 0.8), y=doubled_y)[-1][:2]
+    x = sample(denoiser.layout(z), denoiser)[-1][:2]
     assert x.shape == z.shape and torch.isfinite(x).all()
     assert guided_times and all(0.2 <= t <= 0.8 for t in guided_times)
 

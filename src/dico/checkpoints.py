@@ -23,9 +23,7 @@ import torch
 
 from .data import OutputSpace, check_vae_matches, resolve_vae
 from .models import MODELS, build_model, model_spec
-
-# What every checkpoint without its own record was trained with: the official recipe's iDDPM process.
-DDPM_OBJECTIVE = {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000}
+from .objectives import Objective, objective_from_dict
 
 # Prefixes added by DistributedDataParallel and torch.compile; a state dict saved from a wrapper loads all the same.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -363,7 +361,7 @@ class Pretrained:
 
     model: torch.nn.Module
     space: OutputSpace | None  # None: the file does not say (bare weights of a non-latent model)
-    objective: dict
+    objective: Objective
     checkpoint: dict
     source: str
 
@@ -383,12 +381,18 @@ def stored_space(ckpt: dict) -> OutputSpace | None:
     return OutputSpace(**space) if isinstance(space, dict) else None
 
 
-def stored_objective(ckpt: dict) -> dict:
-    """How the weights were trained; checkpoints written before objectives were recorded are the official DDPM."""
+def stored_objective(ckpt: dict) -> Objective:
+    """How the weights were trained. Checkpoints written before objectives were recorded are DDPM, with the process
+    their training config names (the official one when it names none)."""
     if isinstance(ckpt.get("objective"), dict):
-        return dict(ckpt["objective"])
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    return {**DDPM_OBJECTIVE, **{k: config[k] for k in ("noise_schedule", "diffusion_steps") if k in config}}
+        record = ckpt["objective"]
+    else:
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        record = {k: config[k] for k in ("noise_schedule", "diffusion_steps") if k in config}
+    try:
+        return objective_from_dict(record)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"unreadable objective record {record!r}: {err}") from err
 
 
 def load_pretrained(source, name: str | None = None, weights: str = "ema", image_size: int = 256, vae=None,
@@ -486,7 +490,7 @@ def convert(source, out, weights: str = "ema") -> Path:
     state = select_weights(ckpt, weights, source)
     spec = stored_spec(ckpt) or infer_spec(state)
     # What `dico sample` needs besides the weights travels along: the model, its output space, its objective.
-    metadata = {"format": "pt", "dico_objective": json.dumps(stored_objective(ckpt))}
+    metadata = {"format": "pt", "dico_objective": json.dumps(stored_objective(ckpt).to_dict())}
     if spec:
         metadata["dico_spec"] = json.dumps(spec)
     space = stored_space(ckpt)

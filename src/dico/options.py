@@ -128,6 +128,29 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def literal_choices(hint) -> tuple | None:
+    """The values a Literal field type allows (None included for `Literal[...] | None`), or None for other types."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [literal_choices(arg) if arg is not type(None) else (None,) for arg in typing.get_args(hint)]
+        if all(part is not None for part in parts):
+            return tuple(v for part in parts for v in part)
+    return None
+
+
+def check_choices(config, cls=None) -> None:
+    """A ValueError naming the flag for each Literal field declared in `cls` (default: type(config)) whose value is
+    not one it allows: the choices are the type's, written once."""
+    cls = cls or type(config)
+    hints = typing.get_type_hints(cls)
+    for name in cls.__dict__.get("__annotations__", {}):
+        allowed = literal_choices(hints[name])
+        if allowed is not None and getattr(config, name) not in allowed:
+            raise ValueError(f"{flag(name)} must be one of {', '.join(map(str, allowed))}, "
+                             f"got {getattr(config, name)!r}")
+
+
 def check_int(name: str, value, low: int, high: int | None = None, none_ok: bool = False) -> None:
     """A ValueError naming the flag unless `value` is an integer in [low, high] (or None when allowed)."""
     if value is None and none_ok:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..conditioning import ClassLabels
 from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, digits_fingerprint
 from .folders import ImageFolderDataset, folder_fingerprint
 from .latents import LatentDataset, is_latent_dir
@@ -31,6 +32,10 @@ class DataFacts:
     def space(self) -> OutputSpace:
         return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale, self.latent_mean,
                            self.latent_std)
+
+    def conditioning(self, labels) -> ClassLabels:
+        """What a batch's items are conditioned on: their class labels (the null label is `num_classes`)."""
+        return ClassLabels(labels, self.num_classes)
 
 
 # Why image folders are not encoded while training: one VAE encoder forward per image per step costs more than a

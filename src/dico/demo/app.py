@@ -11,27 +11,10 @@ import time
 
 import gradio as gr
 import torch
-from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
-                       FlowMatchHeunDiscreteScheduler)
 from PIL import Image
 
-from ..pipelines import DiCoPipeline, DiCoScheduler, load_pipeline
-from ..pipelines.pipeline import objective_kind
+from ..pipelines import DiCoPipeline, load_pipeline
 
-# Sampler name on the page -> the scheduler built from the pipeline's own scheduler config, per objective.
-SAMPLERS = {
-    "DDPM (official: learned variance)": lambda config: DiCoScheduler.from_config(config, sampler="ddpm", eta=0.0),
-    "DDIM": lambda config: DiCoScheduler.from_config(config, sampler="ddim", eta=0.0),
-    "DPM-Solver++ (2M)": lambda config: DPMSolverMultistepScheduler.from_config(config),
-}
-FLOW_SAMPLERS = {  # flow-matching models (SiT's objective): diffusers' flow-matching schedulers
-    "Flow matching, Euler": lambda config: FlowMatchEulerDiscreteScheduler.from_config(config),
-    "Flow matching, Heun": lambda config: FlowMatchHeunDiscreteScheduler.from_config(config),
-}
-
-
-def samplers_for(pipe: DiCoPipeline) -> dict:
-    return FLOW_SAMPLERS if objective_kind(pipe.config.objective) == "flow" else SAMPLERS
 MAX_IMAGES = 64  # per click: sampling runs on whatever device the server has, often a CPU
 MAX_STEPS = 1000
 MAX_GUIDANCE = 10.0
@@ -50,12 +33,13 @@ def enlarge(image: Image.Image) -> Image.Image:
 
 
 def sampler_pipelines(pipe: DiCoPipeline) -> dict:
-    """One pipeline per sampler, sharing the network and VAE: a request never changes another's scheduler."""
+    """One pipeline per sampler the model's objective offers, sharing the network and VAE: a request never changes
+    another's scheduler."""
     base = pipe.scheduler.config
     return {name: DiCoPipeline(transformer=pipe.transformer, vae=pipe.vae, scheduler=make(base),
                                id2label=pipe.config.id2label, sample_size=pipe.config.sample_size,
                                latent_scale=pipe.config.latent_scale, objective=pipe.config.objective)
-            for name, make in samplers_for(pipe).items()}
+            for name, make in pipe.objective.pipeline_samplers().items()}
 
 
 def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, sampler, seed, random_seed,

@@ -5,10 +5,9 @@ from pathlib import Path
 
 from ..checkpoints import load_pretrained
 from ..data import load_vae
-from ..diffusion import named_beta_schedule
+from ..objectives import objective_from_dict
 from .models import as_component
-from .pipeline import DiCoPipeline, check_flow_objective, objective_kind
-from .scheduler import DiCoScheduler
+from .pipeline import DiCoPipeline
 
 LICENSE = "MIT"  # dico's code; an official checkpoint keeps the license of its release (see the card)
 
@@ -28,31 +27,16 @@ def default_labels(num_classes: int, class_names=None) -> dict:
     return {str(i): str(i) for i in range(num_classes)}
 
 
-def scheduler_for(objective: dict | None):
-    """The default scheduler for a training objective: DiCoScheduler (the official iDDPM protocol) for dico's
-    {"kind": "ddpm", "noise_schedule", "diffusion_steps"}; diffusers' FlowMatchEulerDiscreteScheduler (no shift) for a
-    flow objective (`FlowObjective(...).to_dict()`; path Linear with velocity prediction only)."""
-    objective = objective or {}
-    if objective_kind(objective) == "flow":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        check_flow_objective(objective)
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    steps = int(objective.get("diffusion_steps", 1000))
-    schedule = objective.get("noise_schedule", "linear")
-    betas = named_beta_schedule(schedule, steps)
-    return DiCoScheduler(num_train_timesteps=steps, beta_schedule=schedule, beta_start=float(betas[0]),
-                         beta_end=float(betas[-1]))
-
-
-def pipeline_from_network(network, space, vae=None, class_names=None, objective: dict | None = None) -> DiCoPipeline:
-    """A DiCoPipeline around a dico network and its output space (`dico.sampling.OutputSpace`); `vae` is the
+def pipeline_from_network(network, space, vae=None, class_names=None, objective=None) -> DiCoPipeline:
+    """A DiCoPipeline around a dico network and its output space (`dico.sampling.OutputSpace`), sampling with the
+    default scheduler of its objective (dico.objectives; a record, or None for the official DDPM); `vae` is the
     loaded decoder of a latent space (loaded from `space.vae` when None)."""
+    objective = objective_from_dict(objective)
     if space.vae is not None and vae is None:
         vae = load_vae(space.vae)
-    return DiCoPipeline(transformer=as_component(network).eval(), scheduler=scheduler_for(objective), vae=vae,
+    return DiCoPipeline(transformer=as_component(network).eval(), scheduler=objective.scheduler(), vae=vae,
                         id2label=default_labels(network.num_classes, class_names), sample_size=space.resolution,
-                        latent_scale=space.latent_scale, objective=objective)
+                        latent_scale=space.latent_scale, objective=objective.to_dict())
 
 
 def load_pipeline(source, name: str | None = None, vae=None, image_size: int = 256,
@@ -107,7 +91,7 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
     train = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else None
     official_args = checkpoint.get("args")
     objective = pipe.config.get("objective") or {}
-    flow = objective_kind(objective) == "flow"
+    flow = objective_from_dict(objective).kind == "flow"  # (moves into the objectives with the card template)
     if train:
         process = (("objective", "path", "prediction", "time_sampling", "logit_mean", "logit_std") if flow else
                    ("diffusion_steps", "noise_schedule"))

@@ -23,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..conditioning import ClassLabels
 from ..data import LATENT_SCALE, decode_latents
 from ..images import to_uint8
-from ..randomness import PURPOSES, keyed_generator, keyed_randn
-from .scheduler import DiCoScheduler
+from ..objectives import objective_from_dict
+from ..randomness import PURPOSES, keyed_generator
+from ..sampling.guided import Denoiser, Guidance, keyed_noise, keyed_step_noise
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-FLOW_PATHS, FLOW_PREDICTIONS = ("Linear",), ("velocity",)  # what diffusers' flow-matching schedulers define
 # A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
 LOADER_MODULE = "dico_pipeline"
 LOADER_SOURCE = '''"""Lets `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` load this folder: the
@@ -45,37 +46,6 @@ __all__ = ["DiCoPipeline"]
 '''
 
 
-def objective_kind(objective: dict | None) -> str:
-    """"ddpm" (also for None: the official objective, what checkpoints without a record were trained with) or
-    "flow"; anything else is refused."""
-    kind = (objective or {}).get("kind", "ddpm")
-    if kind not in ("ddpm", "flow"):
-        raise ValueError(f"unknown objective kind {kind!r} (known: ddpm, flow)")
-    return kind
-
-
-def check_flow_objective(objective: dict) -> dict:
-    """The flow objective (as `dico.transport.FlowObjective(...).to_dict()`), refused unless diffusers' flow-matching
-    schedulers define its sampling: the Linear path with velocity prediction."""
-    from ..transport import FlowObjective
-
-    flow = FlowObjective.from_dict(objective)
-    if flow.path not in FLOW_PATHS or flow.prediction not in FLOW_PREDICTIONS:
-        raise ValueError(
-            f"DiCoPipeline samples flow-matching models with path {' or '.join(map(repr, FLOW_PATHS))} and prediction "
-            f"{' or '.join(map(repr, FLOW_PREDICTIONS))} only (diffusers' flow-matching schedulers: x_sigma = "
-            f"(1 - sigma) * x0 + sigma * noise, model output noise - x0); this model has path {flow.path!r} and "
-            f"prediction {flow.prediction!r}: sample it with `dico sample`")
-    return flow.to_dict()
-
-
-def is_flow_scheduler(scheduler) -> bool:
-    """Whether a scheduler samples flow matching (diffusers' FlowMatch* schedulers, or a multistep solver set up with
-    prediction_type="flow_prediction")."""
-    return type(scheduler).__name__.startswith("FlowMatch") or \
-        getattr(scheduler.config, "prediction_type", None) == "flow_prediction"
-
-
 def flow_sigmas(num_inference_steps: int) -> list:
     """The sigmas (one per step, the scheduler appends the final 0) of dico's uniform Euler grid: with them,
     FlowMatchEulerDiscreteScheduler(shift=1) steps exactly where `dico sample --method euler
@@ -84,19 +54,6 @@ def flow_sigmas(num_inference_steps: int) -> list:
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps!r}")
     n = int(num_inference_steps)
     return (1 - torch.linspace(0, 1, n + 1, dtype=torch.float32))[:-1].tolist()
-
-
-def flow_sigma(scheduler, timestep) -> torch.Tensor:
-    """The sigma of the scheduler's current step (read from its sigmas, so the model's time 1 - sigma is not
-    rounded through timestep / num_train_timesteps); the timestep's sigma for schedulers that keep no sigmas."""
-    sigmas = getattr(scheduler, "sigmas", None)
-    index = getattr(scheduler, "step_index", None)
-    if index is None and hasattr(scheduler, "index_for_timestep"):
-        begin = getattr(scheduler, "begin_index", None)
-        index = begin if begin is not None else scheduler.index_for_timestep(timestep)
-    if torch.is_tensor(sigmas) and sigmas.ndim == 1 and index is not None and int(index) < len(sigmas):
-        return sigmas[int(index)].to(torch.float32)
-    return torch.as_tensor(timestep, dtype=torch.float32) / scheduler.config.num_train_timesteps
 
 
 class DiCoPipeline(DiffusionPipeline):
@@ -117,8 +74,10 @@ class DiCoPipeline(DiffusionPipeline):
     def __init__(self, transformer, scheduler, vae=None, id2label: dict | None = None, sample_size: int | None = None,
                  latent_scale: float = LATENT_SCALE, objective: dict | None = None):
         super().__init__()
-        if objective_kind(objective) == "flow":
-            objective = check_flow_objective(objective)
+        if objective is not None:
+            objective = objective_from_dict(objective)
+            objective.check_pipeline()
+            objective = objective.to_dict()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         if sample_size is None:
             sample_size = transformer.config.get("input_size")
@@ -206,15 +165,11 @@ class DiCoPipeline(DiffusionPipeline):
             raise ValueError("pass either seed (dico's keyed noise) or generator (diffusers' noise), not both")
         model = self.transformer
         device = self._execution_device
-        labels = self.label_tensor(class_labels).to(device)
-        n, channels, size = len(labels), model.config.in_channels, self.config.sample_size
-        guided = guidance_scale != 1.0
-        if guided and not model.config.class_dropout_prob > 0:
-            raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class); "
-                             "use guidance_scale=1")
-        if guidance_channels != "all":
-            guidance_channels = min(int(guidance_channels), channels)  # a grey pixel model has one noise channel
-        flow = self.check_scheduler()
+        cond = ClassLabels(self.label_tensor(class_labels).to(device), model.config.num_classes)
+        n, channels, size = len(cond), model.config.in_channels, self.config.sample_size
+        denoiser = Denoiser(model, cond, Guidance(guidance_scale, guidance_channels))  # refuses what cannot be guided
+        objective = self.objective
+        objective.check_scheduler(self.scheduler)
         if sigmas is not None:
             if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
                 raise ValueError(f"{type(self.scheduler).__name__} takes no custom sigmas; use num_inference_steps")
@@ -228,31 +183,19 @@ class DiCoPipeline(DiffusionPipeline):
 
         shape = (channels, size, size)
         if seed is not None:
-            x = keyed_randn([(seed, PURPOSES["sample_init"], i) for i in range(n)], shape, device)
+            x = keyed_noise(seed, range(n), shape, device)
         else:
             x = randn_tensor((n, *shape), generator=generator, device=device, dtype=torch.float32)
-        x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
-        y = labels
-        if guided:  # [cond; uncond] halves, as dico's sampler and the official one lay them out
-            x, y = torch.cat([x, x]), torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
-        noise_for_step = self.step_noise(seed, generator, n, shape, guided, device)
+        x = denoiser.layout(x * getattr(self.scheduler, "init_noise_sigma", 1.0))
+        noise_for_step = self.step_noise(seed, generator, n, shape, denoiser.copies, device)
 
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if hasattr(self.scheduler, "scale_model_input"):
                 model_input = self.scheduler.scale_model_input(x, t).to(model.dtype)
             else:
                 model_input = x.to(model.dtype)
-            if flow:  # dico's flow time: t = 0 noise, t = 1 data, i.e. 1 - sigma
-                model_time = 1 - flow_sigma(self.scheduler, t).to(device)
-                timesteps = torch.ones(len(x), dtype=torch.float32, device=device) * model_time
-            else:
-                timesteps = torch.full((len(x),), int(t), dtype=torch.long, device=device)
-            if guided:
-                output = model.forward_with_cfg(model_input, timesteps, y, guidance_scale, guidance_channels)
-            else:
-                output = model(model_input, timesteps, y)
-            # flow: the scheduler wants noise - x0 = -v, from the velocity channels (not a learned sigma's half)
-            model_output = -output[:, :channels] if flow else self.scheduler_input(output, channels)
+            output = denoiser(model_input, objective.pipeline_timesteps(self.scheduler, t, len(x), device))
+            model_output = objective.scheduler_input(self.scheduler, output, channels)
             x = self.scheduler.step(model_output, t, x, **noise_for_step(step)).prev_sample
             if callback_on_step_end is not None:
                 callback_on_step_end(self, step, t, {"latents": x})
@@ -272,47 +215,25 @@ class DiCoPipeline(DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-    def check_scheduler(self) -> bool:
-        """Whether this pipeline samples a flow model; a scheduler of the other kind than the model's objective is
-        refused (a flow model on a DDPM scheduler, or the reverse, would make noise without an error)."""
-        flow = objective_kind(self.config.get("objective")) == "flow"
-        if flow and not is_flow_scheduler(self.scheduler):
-            raise ValueError(f"this is a flow-matching model (path Linear, prediction velocity): it needs a "
-                             f"flow-matching scheduler such as diffusers' FlowMatchEulerDiscreteScheduler, not "
-                             f"{type(self.scheduler).__name__}")
-        if not flow and is_flow_scheduler(self.scheduler):
-            raise ValueError(f"this is a DDPM model: {type(self.scheduler).__name__} samples flow-matching models; use "
-                             f"DiCoScheduler or a DDPM-family scheduler (DDIM, DPMSolverMultistep, ...)")
-        return flow
+    @property
+    def objective(self):
+        """The model's training objective (dico.objectives), which says how its schedulers are driven."""
+        return objective_from_dict(self.config.get("objective"))
 
-    def scheduler_input(self, output: torch.Tensor, channels: int) -> torch.Tensor:
-        """The part of a learned-variance output (eps, v) a scheduler takes: ours, and DDPM with a learned variance
-        type, read the variance themselves; every other diffusers scheduler takes the noise prediction only."""
-        if output.shape[1] != 2 * channels:
-            return output
-        variance_type = getattr(self.scheduler.config, "variance_type", None)
-        if isinstance(self.scheduler, DiCoScheduler) or (
-                isinstance(self.scheduler, DDPMScheduler) and variance_type in ("learned", "learned_range")):
-            return output
-        return output[:, :channels]
-
-    def step_noise(self, seed, generator, n, shape, guided, device):
-        """step -> keyword arguments of scheduler.step giving it this step's fresh noise."""
+    def step_noise(self, seed, generator, n, shape, copies, device):
+        """step -> keyword arguments of scheduler.step giving it this step's fresh noise (for `copies` of each of
+        the n images: a guided state holds two)."""
         parameters = inspect.signature(self.scheduler.step).parameters
         if seed is None:
             if "generator" not in parameters:
                 return lambda step: {}
-            if isinstance(generator, list) and guided:
-                generator = generator + generator  # one per image of both halves; the uncond half is discarded
+            if isinstance(generator, list):
+                generator = generator * copies  # one per image of both halves; the second half is discarded
             return lambda step: {"generator": generator}
-        if "variance_noise" in parameters:  # dico's keyed per-step noise, exactly as dico.sampling.generate draws it
-            def keyed(step):
-                eps = keyed_randn([(seed, PURPOSES["sample_step"], i, step) for i in range(n)], shape, device)
-                return {"variance_noise": torch.cat([eps, eps]) if guided else eps}
-            return keyed
+        if "variance_noise" in parameters:  # dico's keyed per-step noise, exactly as `dico sample` draws it
+            step_noise = keyed_step_noise(seed, range(n), shape, device, copies)
+            return lambda step: {"variance_noise": step_noise(step)}
         if "generator" in parameters:  # one generator per image: still independent of the batch
-            per_image = [keyed_generator(seed, PURPOSES["sample_step"], i) for i in range(n)]
-            if guided:
-                per_image += [keyed_generator(seed, PURPOSES["sample_step"], i) for i in range(n)]
+            per_image = [keyed_generator(seed, PURPOSES["sample_step"], i) for _ in range(copies) for i in range(n)]
             return lambda step: {"generator": per_image}
         return lambda step: {}

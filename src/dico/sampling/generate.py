@@ -1,4 +1,4 @@
-"""Class-conditional sampling with per-image seeds.
+"""Sampling to images, grids and ADM-format .npz files, with per-image seeds.
 
 Image i's label, initial noise and per-step noise are keyed by (seed, i), so an image does not depend on the batch
 size, the number of processes, or whether the run was interrupted and resumed.
@@ -14,15 +14,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import DDPM_OBJECTIVE
+from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
-from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
-from ..randomness import PURPOSES, keyed_randint, keyed_randn
-from ..transport import FlowObjective
-from ..transport import sample_loop as transport_sample_loop
+from ..objectives import objective_from_dict
+from ..randomness import PURPOSES, keyed_randint
 from .config import SamplingOptions
-from .deepcache import DeepCache
+from .guided import sample_latents
 
 
 def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
@@ -34,89 +32,18 @@ def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Te
     return keyed_randint([(seed, PURPOSES["label"], i) for i in indices], num_classes)
 
 
-def guided_model(model, options: SamplingOptions):
-    """The callable the sampler runs: plain, or classifier-free guidance over a [cond; uncond] batch."""
-    if options.cfg_scale == 1.0:
-        return model
-
-    def guided(x, t, y):  # the model resolves the channels (3 = official, "all", at most its noise channels)
-        return model.forward_with_cfg(x, t, y, options.cfg_scale, options.guidance_channels)
-
-    return guided
-
-
-def interval_guided(model, options: SamplingOptions, flow_time):
-    """The sampler's callable with guidance only while the time lies in options.guidance_interval (Kynkaanniemi et
-    al. 2024): outside it, the conditional half alone runs and stands for both halves. `flow_time(t)` maps the
-    model's time argument to [0, 1] with 0 = noise, 1 = data."""
-    guided = guided_model(model, options)
-    lo, hi = options.guidance_interval
-    if options.cfg_scale == 1.0 or (lo, hi) == (0.0, 1.0):
-        return guided
-
-    def fn(x, t, y):
-        if lo <= flow_time(float(t.flatten()[0])) <= hi:
-            return guided(x, t, y)
-        n = len(x) // 2
-        out = model(x[:n], t[:n], y[:n])
-        return torch.cat([out, out])
-
-    return fn
-
-
-def sampler_callable(model, options: SamplingOptions, flow_time):
-    if options.cache_interval > 1:
-        if tuple(options.guidance_interval) != (0.0, 1.0):
-            raise ValueError("DeepCache (cache_interval > 1) and a guidance interval cannot be combined")
-        return DeepCache(model, options.cache_interval, options.cache_depth, options.cfg_scale,
-                         options.guidance_channels, cache_guidance=options.cache_guidance)
-    return interval_guided(model, options, flow_time)
-
-
 @torch.no_grad()
-def generate(model, space: OutputSpace, indices, labels: torch.Tensor, options: SamplingOptions, device=None,
-             vae=None, progress: bool = False, objective: dict | None = None) -> np.ndarray:
-    """Sample the images with the given indices and labels; uint8 (N, H, W, 3). `objective` (what the checkpoint
-    records; default the official DDPM) picks the sampler: iDDPM's for "ddpm", SiT's transport for "flow"."""
+def generate(model, space: OutputSpace, indices, cond, options: SamplingOptions, device=None, vae=None,
+             progress: bool = False, objective=None) -> np.ndarray:
+    """Sample the images with the given indices and conditions; uint8 (N, H, W, 3). `cond`: a Conditioning (class
+    labels as a tensor are the model's ClassLabels); `objective`: the checkpoint's (dico.objectives; a record or
+    None, the official DDPM, also do) picks the sampler."""
     device = torch.device(device or next(model.parameters()).device)
-    if options.cfg_scale != 1.0 and model.y_embedder.tables[0].num_embeddings <= model.num_classes:
-        raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class)")
-    kind = (objective or {}).get("kind", "ddpm")
+    if not isinstance(cond, Conditioning):
+        cond = class_labels(cond, model)
     shape = (space.channels, space.resolution, space.resolution)
-    noise = keyed_randn([(options.seed, PURPOSES["sample_init"], i) for i in indices], shape, device)
-    labels = labels.to(device)
-    doubled = options.cfg_scale != 1.0
-
-    def step_noise(step, full_shape):
-        eps = keyed_randn([(options.seed, PURPOSES["sample_step"], i, step) for i in indices], shape, device)
-        return torch.cat([eps, eps]) if doubled else eps
-
-    if doubled:
-        noise = torch.cat([noise, noise])
-        labels = torch.cat([labels, torch.full_like(labels, model.num_classes)])
-    if kind == "flow":
-        transport = FlowObjective.from_dict(objective).transport()
-        fn = sampler_callable(model, options, flow_time=lambda t: t)
-        z = transport_sample_loop(transport, fn, noise, sampler=options.sampler, method=options.method,
-                                  num_steps=options.steps, atol=options.atol, rtol=options.rtol, shift=options.shift,
-                                  diffusion_form=options.diffusion_form, diffusion_norm=options.diffusion_norm,
-                                  last_step=options.last_step, last_step_size=options.last_step_size,
-                                  step_noise=step_noise, model_kwargs={"y": labels})
-    elif kind == "ddpm":
-        process = {**DDPM_OBJECTIVE, **(objective or {})}
-        diffusion = create_diffusion("", noise_schedule=process["noise_schedule"], learn_sigma=model.learn_sigma,
-                                     diffusion_steps=process["diffusion_steps"])
-        method = options.method or "ddpm"
-        if method not in SAMPLING_METHODS:
-            raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)} for a DDPM model, got {method!r}")
-        fn = sampler_callable(model, options, flow_time=lambda t: 1.0 - t / diffusion.num_timesteps)
-        z = sample_loop(diffusion, fn, noise.shape, method=method, steps=options.steps or 250, eta=options.eta,
-                        noise=noise, step_noise=step_noise, model_kwargs={"y": labels}, device=device,
-                        progress=progress)
-    else:
-        raise ValueError(f"unknown objective {kind!r} (known: ddpm, flow)")
-    if doubled:
-        z = z[: len(indices)]
+    z = sample_latents(model, objective_from_dict(objective), cond.to(device), options, indices, shape, device,
+                       progress)
     if space.vae is not None:
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
@@ -136,7 +63,7 @@ def load_vae_for(space: OutputSpace, device):
 
 def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, steps: int = 50,
                      cfg_scale: float = 1.0, seed: int = 0, device=None, method: str | None = None,
-                     objective: dict | None = None) -> Path:
+                     objective=None) -> Path:
     """A PNG grid with one row per class (the first `classes` classes), `per_class` samples each."""
     space = facts.space
     rows = min(classes, facts.num_classes) if facts.num_classes else 1  # unconditional: one row of label 0
@@ -175,7 +102,7 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None, objective: dict | None = None) -> Path | None:
+                  run_info: dict | None = None, objective=None) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -189,7 +116,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.
     settings = json.loads(json.dumps({"num_samples": num_samples, "options": asdict(options), "classes": classes,
-                                      "space": asdict(space), "objective": objective,
+                                      "space": asdict(space),
+                                      "objective": objective_from_dict(objective).to_dict(),
                                       "weights": weights_digest(model),
                                       **(run_info or {})}))
     if out.exists():

@@ -10,13 +10,15 @@ from typing import Annotated, Literal
 
 from tyro.conf import arg
 
-from ..options import check_int, check_number, comma_separated, flag, json_object, write_yaml
+from ..objectives import ObjectiveOptions
+from ..options import check_choices, check_int, check_number, comma_separated, json_object, write_yaml
 from ..repa.config import RepaConfig
 
 
 @dataclass
-class TrainConfig:
-    """One training run."""
+class TrainConfig(ObjectiveOptions):
+    """One training run. The objective's flags (--objective, --diffusion-steps, --path, ...) are declared with the
+    objectives, in dico.objectives."""
 
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
@@ -48,18 +50,6 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast
     grad_checkpointing: bool = False
     skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
-    diffusion_steps: int = 1000  # ddpm: diffusion timesteps
-    noise_schedule: str = "linear"  # ddpm: beta schedule
-    objective: Literal["ddpm", "flow"] = "ddpm"
-    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the options below)."""
-    path: Literal["Linear", "GVP", "VP"] = "Linear"  # flow: the interpolation path
-    prediction: Literal["velocity", "noise", "score"] = "velocity"  # flow: what the model predicts
-    loss_weight: Literal["velocity", "likelihood"] | None = None  # flow, noise/score prediction: loss weighting
-    train_eps: float | None = None  # flow: None = SiT's default for the path and prediction
-    sample_eps: float | None = None  # flow: None = SiT's default for the path and prediction
-    time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times (SD3 / LightningDiT)
-    logit_mean: float = 0.0  # flow, logit-normal times: mean
-    logit_std: float = 1.0  # flow, logit-normal times: standard deviation
     log_every: int = 100
     ckpt_every: int = 50_000
     num_workers: int = 4
@@ -72,7 +62,7 @@ class TrainConfig:
         """Every value checked when the configuration is made (flags, config files, presets, checkpoints), each error
         naming the flag and what it accepts."""
         for name, low in (("max_steps", 1), ("global_batch", 1), ("warmup_steps", 0), ("log_every", 1),
-                          ("ckpt_every", 1), ("num_workers", 0), ("diffusion_steps", 2), ("skip_nonfinite", 0),
+                          ("ckpt_every", 1), ("num_workers", 0), ("skip_nonfinite", 0),
                           ("grid_classes", 0), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
             check_int(name, getattr(self, name), low)
         check_int("micro_batch", self.micro_batch, 1, self.global_batch, none_ok=True)
@@ -83,23 +73,13 @@ class TrainConfig:
         check_number("ema_decay", self.ema_decay, 0, 1)
         check_number("grid_cfg_scale", self.grid_cfg_scale)
         check_number("repa_weight", self.repa_weight, 0)
-        check_number("logit_mean", self.logit_mean)
-        check_number("logit_std", self.logit_std, 0, low_open=True)
-        check_number("train_eps", self.train_eps, 0, 1, none_ok=True)
-        check_number("sample_eps", self.sample_eps, 0, 1, none_ok=True)
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else (self.betas,)
         if len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1
                                   for b in betas):
             raise ValueError(f"--betas must be two numbers in [0, 1), e.g. 0.9,0.999, got {self.betas!r}")
         self.betas = tuple(float(b) for b in betas)
-        choices = {"precision": ("fp32", "bf16"), "objective": ("ddpm", "flow"), "path": ("Linear", "GVP", "VP"),
-                   "prediction": ("velocity", "noise", "score"), "time_sampling": ("uniform", "logit-normal"),
-                   "noise_schedule": ("linear", "squaredcos_cap_v2"), "loss_weight": (None, "velocity", "likelihood"),
-                   "latent_norm": (None, "scale", "channel")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{flag(name)} must be one of {', '.join(map(str, allowed))}, "
-                                 f"got {getattr(self, name)!r}")
+        check_choices(self, TrainConfig)
+        ObjectiveOptions.check(self)
 
     def repa(self) -> RepaConfig:
         """The REPA settings of this run (stored in checkpoints as "repa")."""

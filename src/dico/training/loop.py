@@ -24,14 +24,13 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError, atomic_save, read_checkpoint, remove_stale_temp_files
 from ..data import build_dataset
-from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
+from ..objectives import objective_from_options
 from ..options import check_writable_dir
-from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
+from ..randomness import PURPOSES, keyed_generator, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
-from ..transport import FlowObjective
 from .config import TrainConfig, save_config
 from .optim import adamw
 
@@ -236,33 +235,6 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def training_objective(config: TrainConfig, spec: dict):
-    """(what checkpoints record as the objective, per-sample losses(model, x, y, keys)) of the run's objective:
-    the official iDDPM ("ddpm") or flow matching as SiT ("flow"). Every draw is keyed by (seed, step, position),
-    so neither depends on how the global batch is split."""
-    if config.objective == "flow":
-        flow = FlowObjective(config.path, config.prediction, config.loss_weight, config.train_eps, config.sample_eps,
-                             config.time_sampling, config.logit_mean, config.logit_std)
-        transport = flow.transport()
-
-        def flow_losses(model, x, y, keys):
-            return transport.training_losses(model, x, {"y": y}, keys=keys)["loss"]
-
-        return flow.to_dict(), flow_losses
-    if config.objective != "ddpm":
-        raise ValueError(f"objective must be 'ddpm' or 'flow', got {config.objective!r}")
-    diffusion = create_diffusion("", noise_schedule=config.noise_schedule, learn_sigma=spec["config"]["learn_sigma"],
-                                 diffusion_steps=config.diffusion_steps)
-
-    def ddpm_losses(model, x, y, keys):
-        t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps, x.device)
-        noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], x.device, x.dtype)
-        return diffusion.training_losses(model, x, t, model_kwargs={"y": y}, noise=noise)["loss"]
-
-    ddpm = {"kind": "ddpm", "noise_schedule": config.noise_schedule, "diffusion_steps": config.diffusion_steps}
-    return ddpm, ddpm_losses
-
-
 def all_finite(tensors) -> bool:
     return bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).all())
 
@@ -348,7 +320,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
-    objective, losses_of = training_objective(config, spec)
+    # The run's objective (recorded in checkpoints) and its per-sample losses, every draw keyed by (seed, step,
+    # position) so that neither depends on how the global batch is split.
+    objective = objective_from_options(config)
+    losses_of = objective.loss_function(spec["config"]["learn_sigma"])
     # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
     space = asdict(facts.space)
 
@@ -380,7 +355,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 "spec": spec,
                 "space": space,
                 "config": asdict(config),
-                "objective": objective,
+                "objective": objective.to_dict(),
                 "class_names": facts.class_names,  # what the classes are called (pipelines, the web demo)
                 "data": data_record,
                 "world": env.world,  # provenance: how many processes trained it
@@ -411,11 +386,12 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     repa.detach()  # HASTE stop: no more alignment; the projector stays in checkpoints as it is
                 for a in range(rounds):
                     x, y, *target = next(batch_iter)
-                    x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                    x = x.to(env.device, non_blocking=True)
+                    cond = facts.conditioning(y.to(env.device, non_blocking=True))
                     keys = [(config.seed, step, p) for p in batches.positions(a)]
                     if label_dropout > 0:
                         drop = keyed_uniform([(k[0], PURPOSES["label_drop"], *k[1:]) for k in keys], env.device)
-                        y = torch.where(drop < label_dropout, facts.num_classes, y)
+                        cond = cond.dropped(drop < label_dropout)
                     sync = a == rounds - 1 or env.world == 1
                     context = contextlib.ExitStack()
                     if not sync:
@@ -424,7 +400,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                             context.enter_context(wrapped_repa.no_sync())
                     with context:
                         with autocast:
-                            loss = losses_of(wrapped, x, y, keys).float().mean() / rounds
+                            loss = losses_of(wrapped, x, cond.model_kwargs(), keys).float().mean() / rounds
                             step_loss += loss.detach()
                             if repa_weight > 0:  # the hook kept the aligned layer's output of this forward
                                 align = wrapped_repa(target[0].to(env.device, non_blocking=True)) / rounds

@@ -9,9 +9,8 @@ velocity / noise / score prediction, and ODE / SDE samplers; numbers match SiT's
     x = sample_loop(transport, model, z, sampler="sde", step_noise=step_noise, model_kwargs={"y": y})  # one call
 """
 
-from .objective import FlowObjective
 from .paths import DIFFUSION_FORMS, PATHS, GVPPath, LinearPath, VPPath
-from .sampler import Sampler, guidance_interval, keyed_rademacher, sample_loop, shift_time, time_grid
+from .sampler import Sampler, keyed_rademacher, sample_loop, shift_time, time_grid
 from .transport import (LOSS_WEIGHTS, PREDICTIONS, TIME_SAMPLINGS, TRANSPORT_PURPOSES, Transport, create_transport,
                         model_prediction)
 
@@ -20,10 +19,8 @@ __all__ = [
     "Transport",
     "Sampler",
     "sample_loop",
-    "FlowObjective",
     "shift_time",
     "time_grid",
-    "guidance_interval",
     "keyed_rademacher",
     "model_prediction",
     "LinearPath",

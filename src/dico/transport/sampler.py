@@ -42,29 +42,6 @@ def time_grid(t0: float, t1: float, num_steps: int, shift: float = 1.0, dtype=to
     return t
 
 
-def guidance_interval(guided, unguided, lo: float, hi: float):
-    """A model callable that runs `guided` for times in [lo, hi] and `unguided` elsewhere (Kynkaanniemi et al.
-    2024: guidance helps in the middle of sampling and hurts at its ends).
-
-    Times are those of this package (0 noise, 1 data). An interval written for time running from noise at 1 to
-    data at 0 (REPA's guidance_low/high) is [1 - high, 1 - low] here. Both callables take (x, t, **kwargs) and
-    return outputs of one shape; a batch whose samples fall on both sides runs both and picks per sample.
-    """
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
-
-    def model(x, t, **model_kwargs):
-        inside = (t >= lo) & (t <= hi)
-        if bool(inside.all()):
-            return guided(x, t, **model_kwargs)
-        if not bool(inside.any()):
-            return unguided(x, t, **model_kwargs)
-        with_guidance, without = guided(x, t, **model_kwargs), unguided(x, t, **model_kwargs)
-        return torch.where(expand_like(inside, with_guidance), with_guidance, without)
-
-    return model
-
-
 def keyed_rademacher(keys, shape, device=None, dtype=torch.float32) -> torch.Tensor:
     """One +-1 tensor of `shape` per (seed, index) key: the probe of Hutchinson's divergence estimate."""
     probes = [torch.randint(0, 2, shape, generator=keyed_generator(k[0], TRANSPORT_PURPOSES["likelihood_probe"],

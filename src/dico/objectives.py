@@ -1,0 +1,347 @@
+"""Training objectives as one family: what a model learns, how it is sampled, and how diffusers samples it.
+
+    objective = objective_from_options(config)        # the run's choice (dico train --objective ...)
+    record = objective.to_dict()                      # what checkpoints and pipeline configs store
+    objective = objective_from_dict(record)           # old records (no "kind", or none at all) load as DDPM
+    losses = objective.loss_function(learn_sigma)     # per-sample losses(model, x, model_kwargs, keys)
+    z = objective.sample(denoiser, noise, options, learn_sigma=..., step_noise=...)
+
+An objective's settings are the fields of its settings dataclass, declared once here: the flags of `dico train` are
+generated from them (TrainConfig inherits `ObjectiveOptions`), checkpoints record them, and nothing outside this
+module asks which objective it is. A new objective is one settings dataclass and one class here, added to
+`ObjectiveOptions`.
+
+This module imports no torch itself (the command line reads the settings for `--help`); the numerics live in
+dico.diffusion (iDDPM) and dico.transport (SiT's flow matching), imported where they run.
+"""
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
+
+from .options import check_choices, check_int, check_number
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+@dataclass
+class DDPMSettings:
+    noise_schedule: Literal["linear", "squaredcos_cap_v2"] = "linear"  # ddpm: beta schedule
+    diffusion_steps: int = 1000  # ddpm: diffusion timesteps
+
+    def check(self) -> None:
+        check_int("diffusion_steps", self.diffusion_steps, 2)
+        check_choices(self, DDPMSettings)
+
+
+@dataclass
+class FlowSettings:
+    path: Literal["Linear", "GVP", "VP"] = "Linear"  # flow: the interpolation path
+    prediction: Literal["velocity", "noise", "score"] = "velocity"  # flow: what the model predicts
+    loss_weight: Literal["velocity", "likelihood"] | None = None  # flow, noise/score prediction: loss weighting
+    train_eps: float | None = None  # flow: None = SiT's default for the path and prediction
+    sample_eps: float | None = None  # flow: None = SiT's default for the path and prediction
+    time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times (SD3 / LightningDiT)
+    logit_mean: float = 0.0  # flow, logit-normal times: mean
+    logit_std: float = 1.0  # flow, logit-normal times: standard deviation
+
+    def check(self) -> None:
+        check_choices(self, FlowSettings)
+        check_number("logit_mean", self.logit_mean)
+        check_number("logit_std", self.logit_std, 0, low_open=True)
+        check_number("train_eps", self.train_eps, 0, 1, none_ok=True)
+        check_number("sample_eps", self.sample_eps, 0, 1, none_ok=True)
+
+
+@dataclass
+class ObjectiveOptions(FlowSettings, DDPMSettings):
+    """The settings of every objective, as flags: `objective` picks the one a run trains, the others are unused."""
+
+    objective: Literal["ddpm", "flow"] = "ddpm"
+    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the flow options)."""
+
+    def check(self) -> None:
+        check_choices(self, ObjectiveOptions)
+        DDPMSettings.check(self)
+        FlowSettings.check(self)  # (combinations are checked by the chosen objective, when the run builds it)
+
+
+# ----------------------------------------------------------------------------------------------------- the family
+class Objective:
+    """The interface every objective implements. Subclasses are dataclasses of their settings with a `kind`."""
+
+    kind: ClassVar[str]
+    settings: ClassVar[type]
+
+    def __post_init__(self):
+        self.check()  # refuse invalid settings when the objective is made, not when a checkpoint is read back
+
+    @classmethod
+    def from_options(cls, options) -> "Objective":
+        """The objective with its settings read from `options` (any object with those attributes: TrainConfig)."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls.settings)})
+
+    def to_dict(self) -> dict:
+        """The record checkpoints and pipeline configs store: {"kind": ..., settings...}."""
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Objective":
+        data = dict(record)
+        kind = data.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ValueError(f"not a {cls.kind} objective: kind {kind!r}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls.settings)}
+        if unknown:
+            raise ValueError(f"unknown {cls.kind} objective fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    # training
+    def loss_function(self, learn_sigma: bool):
+        """losses(model, x, model_kwargs, keys) -> per-sample loss (B,), every draw keyed by (seed, step, position)."""
+        raise NotImplementedError
+
+    # sampling
+    def sample(self, denoiser, noise, options, *, learn_sigma: bool, step_noise=None, device=None,
+               progress: bool = False):
+        """The final samples from `noise` with `denoiser(x, t)` (the guided model), by `options`' method and steps."""
+        raise NotImplementedError
+
+    def flow_time(self, t: float) -> float:
+        """The model's time argument as flow time in [0, 1], 0 = noise and 1 = data (guidance intervals use it)."""
+        raise NotImplementedError
+
+    # diffusers
+    def scheduler(self):
+        """The diffusers scheduler a pipeline of this objective samples with by default."""
+        raise NotImplementedError
+
+    def pipeline_samplers(self) -> dict:
+        """Sampler name -> scheduler built from the default scheduler's config (the web demo's choices)."""
+        raise NotImplementedError
+
+    def check_pipeline(self) -> None:
+        """Refuse an objective diffusers' schedulers cannot sample."""
+
+    def check_scheduler(self, scheduler) -> None:
+        """Refuse a scheduler of another family than this objective's (it would make noise without an error)."""
+        raise NotImplementedError
+
+    def pipeline_timesteps(self, scheduler, t, batch: int, device):
+        """The model's time argument for the scheduler's step `t`."""
+        raise NotImplementedError
+
+    def scheduler_input(self, scheduler, output, channels: int):
+        """What the scheduler's step takes from the model's output."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------------- DDPM
+@dataclass
+class DDPMObjective(DDPMSettings, Objective):
+    """iDDPM as the official release trains it: noise prediction with the learned-range variance (when the model has
+    it), `diffusion_steps` steps of `noise_schedule`."""
+
+    kind: ClassVar[str] = "ddpm"
+    settings: ClassVar[type] = DDPMSettings
+
+    def process(self, learn_sigma: bool):
+        from .diffusion import create_diffusion
+
+        return create_diffusion("", noise_schedule=self.noise_schedule, learn_sigma=learn_sigma,
+                                diffusion_steps=self.diffusion_steps)
+
+    def loss_function(self, learn_sigma: bool):
+        from .randomness import PURPOSES, keyed_randint, keyed_randn
+
+        diffusion = self.process(learn_sigma)
+
+        def losses(model, x, model_kwargs, keys):
+            t = keyed_randint([(k[0], PURPOSES["timestep"], *k[1:]) for k in keys], diffusion.num_timesteps, x.device)
+            noise = keyed_randn([(k[0], PURPOSES["noise"], *k[1:]) for k in keys], x.shape[1:], x.device, x.dtype)
+            return diffusion.training_losses(model, x, t, model_kwargs=model_kwargs, noise=noise)["loss"]
+
+        return losses
+
+    def sample(self, denoiser, noise, options, *, learn_sigma: bool, step_noise=None, device=None,
+               progress: bool = False):
+        from .diffusion import SAMPLING_METHODS, sample_loop
+
+        diffusion = self.process(learn_sigma)
+        method = options.method or "ddpm"
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SAMPLING_METHODS)} for a DDPM model, got {method!r}")
+        return sample_loop(diffusion, denoiser, noise.shape, method=method, steps=options.steps or 250,
+                           eta=options.eta, noise=noise, step_noise=step_noise, device=device, progress=progress)
+
+    def flow_time(self, t: float) -> float:
+        return 1.0 - t / self.diffusion_steps
+
+    def scheduler(self):
+        from .diffusion import named_beta_schedule
+        from .diffusion.scheduler import DiCoScheduler
+
+        betas = named_beta_schedule(self.noise_schedule, self.diffusion_steps)
+        return DiCoScheduler(num_train_timesteps=self.diffusion_steps, beta_schedule=self.noise_schedule,
+                             beta_start=float(betas[0]), beta_end=float(betas[-1]))
+
+    def pipeline_samplers(self) -> dict:
+        from diffusers import DPMSolverMultistepScheduler
+
+        from .diffusion.scheduler import DiCoScheduler
+
+        return {
+            "DDPM (official: learned variance)": lambda config: DiCoScheduler.from_config(config, sampler="ddpm",
+                                                                                          eta=0.0),
+            "DDIM": lambda config: DiCoScheduler.from_config(config, sampler="ddim", eta=0.0),
+            "DPM-Solver++ (2M)": lambda config: DPMSolverMultistepScheduler.from_config(config),
+        }
+
+    def check_scheduler(self, scheduler) -> None:
+        if is_flow_scheduler(scheduler):
+            raise ValueError(f"this is a DDPM model: {type(scheduler).__name__} samples flow-matching models; use "
+                             f"DiCoScheduler or a DDPM-family scheduler (DDIM, DPMSolverMultistep, ...)")
+
+    def pipeline_timesteps(self, scheduler, t, batch: int, device):
+        import torch
+
+        return torch.full((batch,), int(t), dtype=torch.long, device=device)
+
+    def scheduler_input(self, scheduler, output, channels: int):
+        """A learned-variance output (eps, v) goes whole to the schedulers that read the variance themselves (ours,
+        and DDPM with a learned variance type); every other diffusers scheduler takes the noise prediction only."""
+        from diffusers import DDPMScheduler
+
+        from .diffusion.scheduler import DiCoScheduler
+
+        if output.shape[1] != 2 * channels:
+            return output
+        variance_type = getattr(scheduler.config, "variance_type", None)
+        if isinstance(scheduler, DiCoScheduler) or (
+                isinstance(scheduler, DDPMScheduler) and variance_type in ("learned", "learned_range")):
+            return output
+        return output[:, :channels]
+
+
+# ----------------------------------------------------------------------------------------------- flow matching
+FLOW_PIPELINE_PATHS, FLOW_PIPELINE_PREDICTIONS = ("Linear",), ("velocity",)  # what diffusers' flow schedulers define
+
+
+@dataclass
+class FlowObjective(FlowSettings, Objective):
+    """Flow matching as SiT (arXiv 2401.08740): t = 0 noise, t = 1 data; see dico.transport."""
+
+    kind: ClassVar[str] = "flow"
+    settings: ClassVar[type] = FlowSettings
+
+    def transport(self):
+        from .transport import create_transport
+
+        return create_transport(self.path, self.prediction, self.loss_weight, self.train_eps, self.sample_eps,
+                                self.time_sampling, self.logit_mean, self.logit_std)
+
+    def check(self) -> None:
+        super().check()
+        self.transport()  # the combinations SiT's transport refuses
+
+    def loss_function(self, learn_sigma: bool):
+        transport = self.transport()
+
+        def losses(model, x, model_kwargs, keys):
+            return transport.training_losses(model, x, model_kwargs, keys=keys)["loss"]
+
+        return losses
+
+    def sample(self, denoiser, noise, options, *, learn_sigma: bool, step_noise=None, device=None,
+               progress: bool = False):
+        from .transport import sample_loop
+
+        return sample_loop(self.transport(), denoiser, noise, sampler=options.sampler, method=options.method,
+                           num_steps=options.steps, atol=options.atol, rtol=options.rtol, shift=options.shift,
+                           diffusion_form=options.diffusion_form, diffusion_norm=options.diffusion_norm,
+                           last_step=options.last_step, last_step_size=options.last_step_size,
+                           step_noise=step_noise)
+
+    def flow_time(self, t: float) -> float:
+        return t
+
+    # diffusers' flow-matching schedulers define x_sigma = (1 - sigma) * x0 + sigma * noise, timesteps = sigma *
+    # num_train_timesteps and a model output of noise - x0: the model runs at t = 1 - sigma and hands over -v.
+    def check_pipeline(self) -> None:
+        if self.path not in FLOW_PIPELINE_PATHS or self.prediction not in FLOW_PIPELINE_PREDICTIONS:
+            raise ValueError(
+                f"DiCoPipeline samples flow-matching models with path {' or '.join(map(repr, FLOW_PIPELINE_PATHS))} "
+                f"and prediction {' or '.join(map(repr, FLOW_PIPELINE_PREDICTIONS))} only (diffusers' flow-matching "
+                f"schedulers: x_sigma = (1 - sigma) * x0 + sigma * noise, model output noise - x0); this model has "
+                f"path {self.path!r} and prediction {self.prediction!r}: sample it with `dico sample`")
+
+    def scheduler(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.check_pipeline()
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+    def pipeline_samplers(self) -> dict:
+        from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+        return {
+            "Flow matching, Euler": lambda config: FlowMatchEulerDiscreteScheduler.from_config(config),
+            "Flow matching, Heun": lambda config: FlowMatchHeunDiscreteScheduler.from_config(config),
+        }
+
+    def check_scheduler(self, scheduler) -> None:
+        if not is_flow_scheduler(scheduler):
+            raise ValueError(f"this is a flow-matching model (path Linear, prediction velocity): it needs a "
+                             f"flow-matching scheduler such as diffusers' FlowMatchEulerDiscreteScheduler, not "
+                             f"{type(scheduler).__name__}")
+
+    def pipeline_timesteps(self, scheduler, t, batch: int, device):
+        import torch
+
+        model_time = 1 - flow_sigma(scheduler, t).to(device)
+        return torch.ones(batch, dtype=torch.float32, device=device) * model_time
+
+    def scheduler_input(self, scheduler, output, channels: int):
+        return -output[:, :channels]  # noise - x0 = -v, from the velocity channels (not a learned sigma's half)
+
+
+def is_flow_scheduler(scheduler) -> bool:
+    """Whether a scheduler samples flow matching (diffusers' FlowMatch* schedulers, or a multistep solver set up with
+    prediction_type="flow_prediction")."""
+    return type(scheduler).__name__.startswith("FlowMatch") or \
+        getattr(scheduler.config, "prediction_type", None) == "flow_prediction"
+
+
+def flow_sigma(scheduler, timestep):
+    """The sigma of the scheduler's current step (read from its sigmas, so the model's time 1 - sigma is not
+    rounded through timestep / num_train_timesteps); the timestep's sigma for schedulers that keep no sigmas."""
+    import torch
+
+    sigmas = getattr(scheduler, "sigmas", None)
+    index = getattr(scheduler, "step_index", None)
+    if index is None and hasattr(scheduler, "index_for_timestep"):
+        begin = getattr(scheduler, "begin_index", None)
+        index = begin if begin is not None else scheduler.index_for_timestep(timestep)
+    if torch.is_tensor(sigmas) and sigmas.ndim == 1 and index is not None and int(index) < len(sigmas):
+        return sigmas[int(index)].to(torch.float32)
+    return torch.as_tensor(timestep, dtype=torch.float32) / scheduler.config.num_train_timesteps
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+OBJECTIVES = {cls.kind: cls for cls in (DDPMObjective, FlowObjective)}
+
+
+def objective_from_options(options) -> Objective:
+    """The objective `options.objective` names, with its settings from `options` (a TrainConfig)."""
+    return OBJECTIVES[options.objective].from_options(options)
+
+
+def objective_from_dict(record) -> Objective:
+    """The objective a record describes. Checkpoints written before objectives were recorded (None, or a dict
+    without "kind") were trained with the official DDPM; an Objective passes through."""
+    if isinstance(record, Objective):
+        return record
+    record = dict(record or {})
+    kind = record.get("kind", DDPMObjective.kind)
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective {kind!r} (known: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[kind].from_dict(record)
