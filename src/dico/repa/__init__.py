@@ -8,7 +8,7 @@ items with the encoder tokens of the same image).
 from ..lazy import lazy_exports
 
 EXPORTS = {
-    **dict.fromkeys(["RepaConfig", "RESIZE_MODES", "repa_weight_at"], ".config"),
+    **dict.fromkeys(["RepaConfig", "RESIZE_MODES", "repa_weight_at"], "..config.repa"),
     **dict.fromkeys(["DICO_STAGES", "RepaLoss", "alignment_loss", "build_projector", "default_layer",
                      "feature_module", "resize_tokens"], ".alignment"),
     **dict.fromkeys(["TokensBeside", "encode_dataset", "repa_dataset"], ".datasets"),

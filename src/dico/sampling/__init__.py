@@ -2,9 +2,9 @@
 
 from ..lazy import lazy_exports
 
-EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": ".config",
+EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": "..config.sampling",
            "sample": ".from_checkpoint",
-           "SamplingOptions": ".config",
+           "SamplingOptions": "..config.sampling",
            **{name: ".generate" for name in ["generate", "image_labels", "sample_to_npz",
                                              "write_class_grid"]}}
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

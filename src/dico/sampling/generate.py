@@ -21,7 +21,7 @@ from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
 from ..transport import FlowObjective
 from ..transport import sample_loop as transport_sample_loop
-from .config import SamplingOptions
+from ..config import SamplingOptions
 from .deepcache import DeepCache
 
 

@@ -1,7 +1,7 @@
 """Training: the official recipe by default, multi-process with torchrun, exact resume."""
 
 from ..lazy import lazy_exports
-from .config import PRESETS, TrainConfig, preset
+from ..config.training import PRESETS, TrainConfig, preset
 
 EXPORTS = {name: ".loop" for name in ["NonFiniteError", "ResumePoint", "TrainingInterrupted", "config_from_checkpoint",
                                       "newest_checkpoint", "resume_point", "train"]}

@@ -27,12 +27,12 @@ from ..data import build_dataset
 from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
-from ..options import check_writable_dir
+from ..config.options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_randint, keyed_randn, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
 from ..transport import FlowObjective
-from .config import TrainConfig, save_config
+from ..config import TrainConfig, save_config
 from .optim import adamw
 
 CHECKPOINT_FORMAT = "dico-train/1"

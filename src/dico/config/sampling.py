@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from ..options import check_int, check_number, check_writable_parent, comma_separated
+from .options import check_int, check_number, check_writable_parent, comma_separated
 
 
 @dataclass
