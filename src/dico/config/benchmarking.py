@@ -18,7 +18,7 @@ class InfoConfig:
 
 @dataclass
 class BenchConfig:
-    """Throughput of forward passes, training steps and sampling runs, several configurations side by side."""
+    """What dico.benchmarking.benchmark times: every model x task x batch size x dtype, on one device."""
 
     models: list[str] = field(default_factory=lambda: ["DiCo-S"])
     """Registered model names (random weights), or checkpoints read by dico.load_pretrained (their own weights)."""
