@@ -14,8 +14,8 @@ import torch
 from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.models import DiCo, DiT, build_model, model_spec
-from dico.sampling import OutputSpace, SamplingOptions, generate
 from dico.objectives import FlowObjective
+from dico.sampling import OutputSpace, SamplingOptions, generate
 from dico.transport.sampler import time_grid
 
 pytest.importorskip("diffusers")
@@ -275,7 +275,7 @@ def test_folder_names_dicos_classes_and_loads_with_the_generic_loader_offline(fo
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == ["dico_pipeline", "DiCoPipeline"]
     assert index["transformer"] == ["dico.pipelines.models", "DiCo2DModel"]
-    assert index["scheduler"] == ["dico.pipelines.scheduler", "DiCoScheduler"]
+    assert index["scheduler"] == ["dico.diffusion.scheduler", "DiCoScheduler"]
     assert index["vae"] == [None, None] and index["sample_size"] == 8 and index["id2label"]["7"] == "7"
     assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     with pytest.raises(ValueError, match="trust_remote_code"):
@@ -288,6 +288,14 @@ def test_folder_names_dicos_classes_and_loads_with_the_generic_loader_offline(fo
     resaved = folder.parent / "resaved"
     generic.save_pretrained(resaved)
     assert DiCoPipeline.from_pretrained(resaved).config.id2label == generic.config.id2label
+    # folders written before the scheduler moved to dico.diffusion name its old module: they load the same
+    index["scheduler"] = ["dico.pipelines.scheduler", "DiCoScheduler"]
+    (resaved / "model_index.json").write_text(json.dumps(index))
+    old = DiCoPipeline.from_pretrained(resaved)
+    assert isinstance(old.scheduler, DiCoScheduler)
+    old.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images(old([4, 2], num_inference_steps=5, seed=9)),
+                                  images(pipe([4, 2], num_inference_steps=5, seed=9)))
 
 
 def test_model_card_tells_architecture_recipe_license_and_how_to_load(folder):

@@ -1,11 +1,11 @@
 """The `dico` command: each subcommand is a thin shell over a library function.
 
-A command's flags are the fields of one dataclass, turned into a parser by tyro (field comments are the help, every
-default is shown). Every command also takes `--config FILE.yaml` (field values; the flags typed win) and
+A command's flags are the fields of one dataclass (dico.config), turned into a parser by tyro (field comments are the
+help, every default is shown). Every command also takes `--config FILE.yaml` (field values; the flags typed win) and
 `--print-config` (print the resolved options as YAML and exit); `dico --debug CMD ...` shows tracebacks.
 
-Command modules are imported only when their command runs and import torch only inside their functions, so `dico
---help` and `dico CMD --help` answer without loading torch.
+dico.config imports no torch, and a command's module (dico.commands.*, which does) is imported only when the command
+runs, so `dico --help` and `dico CMD --help` answer without loading torch.
 """
 
 import difflib
@@ -13,40 +13,38 @@ import importlib
 import inspect
 import sys
 from dataclasses import MISSING, dataclass, fields
-from typing import Annotated, Literal
 
 import tyro
 
-from .cpu_allocator import tune_glibc_malloc
+from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, ExportDataConfig, ExtractLatentsConfig,
+                     InfoConfig, SampleConfig, TrainCommand)
 from .options import read_yaml, to_yaml, with_values
+from .cpu_allocator import tune_glibc_malloc
 
 
 @dataclass(frozen=True)
 class Command:
-    module: str  # holds the options dataclass and the functions below
-    options: str  # the dataclass whose fields are the flags
-    run: str  # run(options, **prepared) -> exit code
+    options: type  # the dataclass whose fields are the flags
+    module: str  # dico.commands.*: run(options, **prepared) -> exit code
     help: str
-    prepare: str | None = None  # prepare(args, file values, file name) -> (default options, kwargs for run)
+    prepares: bool = False  # the module has prepare(args, file values, file name) -> (default options, kwargs for run)
 
 
 COMMANDS = {
-    "train": Command("dico.training.cli", "TrainCommand", "run", "train a model (no --data: the digits demo on CPU)",
-                     prepare="prepare"),
-    "sample": Command("dico.sampling.cli", "SampleConfig", "run",
-                      "sample images from a checkpoint (PNG grid or ADM .npz)"),
-    "evaluate": Command("dico.evaluation.cli", "EvaluateConfig", "run",
+    "train": Command(TrainCommand, "dico.commands.train", "train a model (no --data: the digits demo on CPU)",
+                     prepares=True),
+    "sample": Command(SampleConfig, "dico.commands.sample", "sample images from a checkpoint (PNG grid or ADM .npz)"),
+    "evaluate": Command(EvaluateConfig, "dico.commands.evaluate",
                         "FID, sFID, Inception Score, precision and recall of samples against a reference"),
-    "info": Command("dico.benchmarking.cli", "InfoConfig", "run_info",
-                    "parameters and GMACs (the paper's GFLOPs) per model"),
-    "bench": Command("dico.benchmarking.cli", "BenchCommand", "run_bench",
+    "info": Command(InfoConfig, "dico.commands.info", "parameters and GMACs (the paper's GFLOPs) per model"),
+    "bench": Command(BenchCommand, "dico.commands.bench",
                      "throughput of forward / training step / sampling, side by side"),
-    "convert": Command("dico.cli", "ConvertConfig", "run_convert",
+    "convert": Command(ConvertConfig, "dico.commands.convert",
                        "write a checkpoint's weights as .safetensors, or as a diffusers pipeline folder"),
-    "demo": Command("dico.cli", "DemoConfig", "run_demo", "a web page (Gradio) that samples a model by class name"),
-    "extract-latents": Command("dico.data.cli", "ExtractLatentsConfig", "run_extract",
+    "demo": Command(DemoConfig, "dico.commands.demo", "a web page (Gradio) that samples a model by class name"),
+    "extract-latents": Command(ExtractLatentsConfig, "dico.commands.extract_latents",
                                "encode an image folder with the SD VAE once, for latent training"),
-    "export-data": Command("dico.data.cli", "ExportDataConfig", "run_export",
+    "export-data": Command(ExportDataConfig, "dico.commands.export_data",
                            "write a bundled data set as an ADM-format .npz (FID reference)"),
 }
 
@@ -58,60 +56,6 @@ CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values
 # dico.training.NonFiniteError an ArithmeticError.
 INPUT_ERRORS = (ValueError, OSError, ArithmeticError)
 BUGS = (ZeroDivisionError,)
-
-
-@dataclass
-class ConvertConfig:
-    """Write a checkpoint's weights as .safetensors (with the model spec, output space and objective as metadata), or
-    as a diffusers pipeline folder (--format diffusers: model, scheduler, VAE, class names and a model card)."""
-
-    source: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SOURCE")]  # path or Hub file owner/repo/f.pt
-    out: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="OUT")]  # a .safetensors file or a folder
-    format: Literal["safetensors", "diffusers"] = "safetensors"
-    weights: Literal["ema", "model"] = "ema"  # safetensors: which weights of a training checkpoint
-    model: str | None = None  # diffusers, official checkpoints: the model name (inferred when left out)
-    vae: str | None = None  # diffusers, latent models: ema | mse | a Hub id | a local VAE folder
-    image_size: int = 256  # diffusers, official checkpoints: 256 or 512 px
-    num_classes: int | None = None  # diffusers, official checkpoints: number of classes (1000)
-    push_to_hub: str | None = None  # diffusers: also upload the folder to this Hub repo (needs network and a token)
-
-
-def run_convert(options: ConvertConfig) -> int:
-    if options.format == "safetensors":
-        from .checkpoints import convert
-
-        print(f"wrote {convert(options.source, options.out, options.weights)}")
-        return 0
-    from .pipelines import push_to_hub, save_pipeline
-
-    out = save_pipeline(options.source, options.out, vae=options.vae, name=options.model,
-                        image_size=options.image_size, num_classes=options.num_classes)
-    print(f"wrote {out}")
-    if options.push_to_hub:
-        print(f"uploaded to {push_to_hub(out, options.push_to_hub)}")
-    return 0
-
-
-@dataclass
-class DemoConfig:
-    """Serve a web page that samples a model: classes by name, number of images, guidance, steps, sampler, seed."""
-
-    ckpt: str  # a checkpoint (ours, official with --model, a Hub file) or a pipeline folder from dico convert
-    port: int = 7860
-    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
-    model: str | None = None  # official checkpoints: the model name (inferred when left out)
-    vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder
-    device: str | None = None  # cpu, cuda, ... (None: the local GPU if any)
-
-
-def run_demo(options: DemoConfig) -> int:
-    if not 0 < options.port < 65536:
-        raise ValueError(f"--port must lie in 1..65535, got {options.port}")
-    from .demo import launch
-
-    launch(options.ckpt, port=options.port, host=options.host, device=options.device, name=options.model,
-           vae=options.vae)
-    return 0
 
 
 def top_help() -> str:
@@ -152,13 +96,12 @@ def plain_defaults(options_class):
 def parse(name: str, args: list):
     """(options, keyword arguments for the run function, whether to print the options instead of running)."""
     command = COMMANDS[name]
-    module = importlib.import_module(command.module)
-    options_class = getattr(module, command.options)
+    options_class = command.options
     path, print_config, args = split_config_flags(args)
     values = read_yaml(path) if path else {}
     source = f"--config {path}"
-    if command.prepare:
-        default, prepared = getattr(module, command.prepare)(args, values, source)
+    if command.prepares:  # dico.commands.train: imports torch only for --resume
+        default, prepared = importlib.import_module(command.module).prepare(args, values, source)
     else:
         default, prepared = with_values(plain_defaults(options_class), values, source), {}
     description = f"{inspect.cleandoc(options_class.__doc__)}\n\n{CONFIG_FLAGS_HELP}"
@@ -192,8 +135,7 @@ def main(argv=None) -> int:
             return 0
         if getattr(options, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
             tune_glibc_malloc()
-        command = COMMANDS[name]
-        return getattr(importlib.import_module(command.module), command.run)(options, **prepared) or 0
+        return importlib.import_module(COMMANDS[name].module).run(options, **prepared) or 0
     except KeyboardInterrupt:
         if debug:
             raise

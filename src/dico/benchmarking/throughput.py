@@ -26,13 +26,14 @@ import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_pretrained
+from ..config.benchmarking import BenchConfig
 from ..models import create_model, list_models
 from ..training.optim import adamw
 from .official import official_twin
@@ -40,24 +41,6 @@ from .official import official_twin
 TASKS = ("forward", "train", "sample")
 DTYPES = ("fp32", "tf32", "bf16")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-@dataclass
-class BenchConfig:
-    models: list = field(default_factory=lambda: ["DiCo-S"])
-    tasks: list = field(default_factory=lambda: ["forward"])
-    batch_sizes: list = field(default_factory=lambda: [16])
-    dtypes: list = field(default_factory=lambda: ["fp32"])
-    image_size: int = 256  # pixels; the models see latents of image_size / 8
-    device: str = "cpu"
-    repeats: int = 5  # timed rounds; the median is reported
-    warmup: int = 1  # untimed calls per configuration before the first round
-    sample_steps: int = 10  # sampling: denoising steps, each one classifier-free-guided forward of 2 x batch
-    cfg_scale: float = 1.5
-    official: str = None  # path to a checkout of shallowdream204/DiCo to compare against, on the same weights
-    num_classes: int = 1000
-    seed: int = 0
-    clock: str = "wall"  # "wall" | "cpu" (see the module docstring)
 
 
 @dataclass

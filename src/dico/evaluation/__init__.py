@@ -5,17 +5,17 @@
 the small-data demo (Digits-FID, not comparable with ImageNet FID).
 """
 
-from ..lazy import lazy_exports
+from .digits import DigitsClassifier, DigitsFeatures, digits_images, digits_split, load_digits_classifier
+from .evaluate import FEATURE_KINDS, EvaluationResult, build_extractor, evaluate
+from .features import FeatureSet, cached_features, extract_features
+from .images import ImageSource, iter_image_batches, open_image_source
+from .inception import INCEPTION_WEIGHTS_FILENAME, INCEPTION_WEIGHTS_URL, InceptionFeatures
+from .metrics import (GaussianStatistics, class_accuracy, frechet_distance, gaussian_statistics, inception_score,
+                      manifold_radii, precision_recall)
 
-SUBMODULE_EXPORTS = {
-    "digits": ["DigitsClassifier", "DigitsFeatures", "digits_images", "digits_split", "load_digits_classifier"],
-    "evaluate": ["FEATURE_KINDS", "EvaluationResult", "build_extractor", "evaluate"],
-    "features": ["FeatureSet", "cached_features", "extract_features"],
-    "images": ["ImageSource", "iter_image_batches", "open_image_source"],
-    "inception": ["INCEPTION_WEIGHTS_FILENAME", "INCEPTION_WEIGHTS_URL", "InceptionFeatures"],
-    "metrics": ["GaussianStatistics", "class_accuracy", "frechet_distance", "gaussian_statistics", "inception_score",
-                "manifold_radii", "precision_recall"],
-}
-EXPORTS = {name: f".{module}" for module, names in SUBMODULE_EXPORTS.items() for name in names}
-__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
-__all__ = sorted(EXPORTS)
+__all__ = sorted(["DigitsClassifier", "DigitsFeatures", "digits_images", "digits_split", "load_digits_classifier",
+                  "FEATURE_KINDS", "EvaluationResult", "build_extractor", "evaluate", "FeatureSet", "cached_features",
+                  "extract_features", "ImageSource", "iter_image_batches", "open_image_source",
+                  "INCEPTION_WEIGHTS_FILENAME", "INCEPTION_WEIGHTS_URL", "InceptionFeatures", "GaussianStatistics",
+                  "class_accuracy", "frechet_distance", "gaussian_statistics", "inception_score", "manifold_radii",
+                  "precision_recall"])

@@ -1,11 +1,9 @@
 """Sampling: class-conditional images from a model, as PNG grids or ADM-format .npz files."""
 
-from ..lazy import lazy_exports
+from ..config.sampling import SampleConfig, SamplingOptions
+from ..data import LATENT_SCALE, OutputSpace
+from .from_checkpoint import sample
+from .generate import generate, image_labels, sample_to_npz, write_class_grid
 
-EXPORTS = {"LATENT_SCALE": "..data.vae", "OutputSpace": "..data.space", "SampleConfig": ".config",
-           "sample": ".from_checkpoint",
-           "SamplingOptions": ".config",
-           **{name: ".generate" for name in ["generate", "image_labels", "sample_to_npz",
-                                             "write_class_grid"]}}
-__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
-__all__ = list(EXPORTS)
+__all__ = ["LATENT_SCALE", "OutputSpace", "SampleConfig", "sample", "SamplingOptions", "generate", "image_labels",
+           "sample_to_npz", "write_class_grid"]

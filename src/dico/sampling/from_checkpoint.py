@@ -7,7 +7,7 @@ from pathlib import Path
 from ..checkpoints import load_pretrained
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
-from .config import SampleConfig
+from ..config import SampleConfig
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 

@@ -17,9 +17,9 @@ from tqdm import tqdm
 from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
 from ..images import save_grid, to_uint8, write_npz
+from ..config import SamplingOptions
 from ..objectives import objective_from_dict
 from ..randomness import PURPOSES, keyed_randint
-from .config import SamplingOptions
 from .guided import sample_latents
 
 

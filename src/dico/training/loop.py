@@ -26,12 +26,12 @@ from ..checkpoints import CheckpointError, atomic_save, read_checkpoint, remove_
 from ..data import build_dataset
 from ..distributed import Dist, all_mean, barrier, setup, teardown
 from ..models import build_model, model_spec
+from ..config import TrainConfig, save_config
 from ..objectives import objective_from_options
 from ..options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
-from .config import TrainConfig, save_config
 from .optim import adamw
 
 CHECKPOINT_FORMAT = "dico-train/1"

@@ -3,12 +3,11 @@
 import json
 from pathlib import Path
 
-from .config import EvaluateConfig
+from ..config import EvaluateConfig
+from ..evaluation import evaluate
 
 
 def run(config: EvaluateConfig) -> int:
-    from . import evaluate
-
     result = evaluate(config.reference, config.samples, features=config.features,
                       inception_weights=config.inception_weights, batch_size=config.batch_size, device=config.device,
                       use_cache=config.cache, progress=not config.quiet)

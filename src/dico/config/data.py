@@ -1,4 +1,4 @@
-"""`dico extract-latents` and `dico export-data`: thin shells over dico.data."""
+"""What `dico extract-latents` and `dico export-data` take."""
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -38,22 +38,3 @@ class ExportDataConfig:
     def __post_init__(self):
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults)
             check_writable_parent("out", self.out)
-
-
-def run_extract(config: ExtractLatentsConfig) -> int:
-    from ..repa import load_encoder
-    from . import extract_latents
-
-    encoder = load_encoder(config.repa_encoder, config.image_size) if config.repa_encoder else None
-    extract_latents(config.data, config.out, image_size=config.image_size, vae=config.vae,
-                    batch_size=config.batch_size, num_workers=config.num_workers, dtype=config.dtype,
-                    device=config.device, max_batches=config.max_batches, progress=config.progress,
-                    repa_encoder=encoder)
-    return 0
-
-
-def run_export(config: ExportDataConfig) -> int:
-    from . import export_digits
-
-    print(f"wrote {export_digits(config.out)}")
-    return 0

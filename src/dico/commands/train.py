@@ -3,27 +3,15 @@
 The flags are TrainConfig's fields. Their defaults come from the preset (--preset, else demo without --data and
 official with it), then a --config file, then the flags typed; with --resume, from the configuration saved in the
 checkpoint instead of the preset, so that only what the user typed (or wrote in --config) changes the run.
+
+`prepare` runs while the flags are read, `dico train --help` included, so this module imports the training loop (and
+torch) only where a checkpoint is read or the run starts.
 """
 
 import argparse
-from dataclasses import dataclass, fields
-from typing import Literal
 
+from ..config import PRESETS, TrainCommand, preset
 from ..options import to_dict, with_values
-from .config import PRESETS, TrainConfig, preset
-
-
-@dataclass
-class TrainCommand(TrainConfig):
-    """Train a model: without --data the digits demo (a few minutes on a CPU), with --data the official recipe."""
-
-    preset: Literal["official", "dico-h", "demo"] | None = None  # recipe (None: demo without --data, else official)
-    resume: str | None = None  # a checkpoint path, or 'auto' for the newest in --results-dir
-    device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
-    progress: bool = True  # progress bar
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
 
 def typed_choices(args: list) -> argparse.Namespace:
@@ -46,8 +34,7 @@ def prepare(args: list, values: dict, source: str = "--config"):
     results_dir = settings.get("results_dir", preset(name).results_dir)
     point = None
     if settings.get("resume"):
-        # Only a resumed run reads a checkpoint (and so imports torch): `dico train --help` stays fast.
-        from .loop import config_from_checkpoint, resume_point
+        from ..training import config_from_checkpoint, resume_point  # only a resumed run reads a checkpoint
 
         point = resume_point(settings["resume"], results_dir)
     base = config_from_checkpoint(point) if point else preset(name)
@@ -57,7 +44,7 @@ def prepare(args: list, values: dict, source: str = "--config"):
 
 def run(command: TrainCommand, resume=None) -> int:
     """Train as `command` says; `resume`: the ResumePoint `prepare` read (None: a fresh run)."""
-    from .loop import train
+    from ..training import train
 
     train(command.train_config(), resume=resume, device=command.device, progress=command.progress)
     return 0

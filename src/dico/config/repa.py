@@ -1,4 +1,4 @@
-"""REPA's settings as data (torch-free: `dico train --help` reads them)."""
+"""REPA's settings as data: what TrainConfig.repa() builds and training checkpoints store as "repa"."""
 
 from dataclasses import dataclass
 

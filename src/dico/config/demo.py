@@ -1,0 +1,15 @@
+"""What `dico demo` takes: the model to serve and where."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DemoConfig:
+    """Serve a web page that samples a model: classes by name, number of images, guidance, steps, sampler, seed."""
+
+    ckpt: str  # a checkpoint (ours, official with --model, a Hub file) or a pipeline folder from dico convert
+    port: int = 7860
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
+    model: str | None = None  # official checkpoints: the model name (inferred when left out)
+    vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder
+    device: str | None = None  # cpu, cuda, ... (None: the local GPU if any)
