@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError, atomic_save, read_checkpoint, remove_stale_temp_files
+from ..checkpoints import CheckpointError, atomic_save, remove_stale_temp_files
 from ..data import build_dataset
 from ..diffusion import create_diffusion
 from ..distributed import Dist, all_mean, barrier, setup, teardown
@@ -34,8 +34,7 @@ from ..sampling import write_class_grid
 from ..transport import FlowObjective
 from .config import TrainConfig, save_config
 from .optim import adamw
-
-CHECKPOINT_FORMAT = "dico-train/1"
+from .state import CHECKPOINT_FORMAT, ResumePoint, read_training_checkpoint
 
 
 class StepBatches:
@@ -112,26 +111,6 @@ def checkpoint_dir(results_dir) -> Path:
 def newest_checkpoint(results_dir) -> Path | None:
     found = sorted(checkpoint_dir(results_dir).glob("[0-9]*.pt"))
     return found[-1] if found else None
-
-
-@dataclass
-class ResumePoint:
-    """A training checkpoint to continue from, read once: its path and contents."""
-
-    path: Path
-    checkpoint: dict
-
-    @property
-    def step(self) -> int:
-        return int(self.checkpoint["step"])
-
-
-def read_training_checkpoint(path) -> dict:
-    ckpt = read_checkpoint(path)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a dico training checkpoint (format {ckpt.get('format')!r}); "
-                              "to fine-tune from official weights, load them with dico.load_checkpoint instead")
-    return ckpt
 
 
 def resume_point(resume, results_dir) -> ResumePoint | None:
