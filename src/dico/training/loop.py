@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,19 +22,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError, atomic_save, read_checkpoint, remove_stale_temp_files
+from ..checkpoints import remove_stale_temp_files
 from ..data import build_dataset
 from ..distributed import Dist, all_mean, barrier, setup, teardown
-from ..models import build_model, model_spec
 from ..config import TrainConfig, save_config
+from ..models import build_model, model_spec
 from ..objectives import objective_from_options
 from ..options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
 from .optim import adamw
-
-CHECKPOINT_FORMAT = "dico-train/1"
+from .state import ResumePoint, TrainingState, read_training_checkpoint
 
 
 class StepBatches:
@@ -111,26 +110,6 @@ def checkpoint_dir(results_dir) -> Path:
 def newest_checkpoint(results_dir) -> Path | None:
     found = sorted(checkpoint_dir(results_dir).glob("[0-9]*.pt"))
     return found[-1] if found else None
-
-
-@dataclass
-class ResumePoint:
-    """A training checkpoint to continue from, read once: its path and contents."""
-
-    path: Path
-    checkpoint: dict
-
-    @property
-    def step(self) -> int:
-        return int(self.checkpoint["step"])
-
-
-def read_training_checkpoint(path) -> dict:
-    ckpt = read_checkpoint(path)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a dico training checkpoint (format {ckpt.get('format')!r}); "
-                              "to fine-tune from official weights, load them with dico.load_checkpoint instead")
-    return ckpt
 
 
 def resume_point(resume, results_dir) -> ResumePoint | None:
@@ -239,6 +218,21 @@ def all_finite(tensors) -> bool:
     return bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).all())
 
 
+def save_checkpoint(state: TrainingState, results: Path, env: Dist, sync: bool = True) -> Path:
+    """Write `state` from the main process as the checkpoint of its step; `sync=False` (emergency saves) skips the
+    barrier, which processes that are not here would never reach. Non-finite weights are never written (every process
+    checks, so all stop together)."""
+    path = checkpoint_dir(results) / f"{state.step:07d}.pt"
+    if not all_finite(list(state.model.parameters()) + list(state.ema.parameters())):
+        raise NonFiniteError(f"the weights after step {state.step} are not finite; not saving them (the newest "
+                             f"checkpoint stays the last good one)")
+    if env.main:
+        state.save(path)
+    if sync:
+        barrier()
+    return path
+
+
 def train(config: TrainConfig, resume=None, device: str | None = None, progress: bool = True,
           write_grid: bool = True) -> Path:
     """Train (or resume) a run; returns the path of the final checkpoint.
@@ -282,27 +276,18 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         repa = RepaLoss(model, repa_config, repa_dim).to(env.device)
         params += list(repa.projector.parameters())
     opt = adamw(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-    start_step, skipped = 0, 0
-    data_record = {"dataset_size": len(dataset), "fingerprint": facts.fingerprint}
+    # The run's objective (recorded in checkpoints) and its per-sample losses, every draw keyed by (seed, step,
+    # position) so that neither depends on how the global batch is split.
+    objective = objective_from_options(config)
+    losses_of = objective.loss_function(spec["config"]["learn_sigma"])
+    state = TrainingState(model=model, ema=ema, opt=opt, spec=spec, space=asdict(facts.space), config=asdict(config),
+                          objective=objective.to_dict(), class_names=facts.class_names,
+                          data={"dataset_size": len(dataset), "fingerprint": facts.fingerprint}, world=env.world,
+                          **({} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector}))
     if point is not None:
-        ckpt = point.checkpoint
-        if ckpt["spec"] != spec:
-            raise CheckpointError(f"{point.path} holds {ckpt['spec']}, but this run builds {spec}")
-        saved_data = {k: ckpt["data"].get(k, data_record[k]) for k in data_record}  # older files: size only
-        if saved_data != data_record:
-            raise CheckpointError(f"{point.path} was trained on other data ({saved_data['dataset_size']} samples, "
-                                  f"fingerprint {str(saved_data['fingerprint'])[:12]}) than {config.data or 'the digits'}"
-                                  f" ({len(dataset)} samples, fingerprint {str(facts.fingerprint)[:12]})")
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        if repa is not None:
-            if "repa_projector" not in ckpt:
-                raise CheckpointError(f"{point.path} was trained without REPA; resume it without --repa-encoder")
-            repa.projector.load_state_dict(ckpt["repa_projector"])
-        opt.load_state_dict(ckpt["opt"])
-        start_step, skipped = point.step, int(ckpt.get("skipped_steps", 0))
+        state.load(point.checkpoint, point.path)
         if env.main:
-            print(f"resumed from {point.path} at step {start_step}")
+            print(f"resumed from {point.path} at step {state.step}")
 
     label_dropout = spec["config"].get("class_dropout_prob", 0.0) if facts.num_classes > 0 else 0.0
     model.y_embedder.drop_in_forward = False  # dropout is drawn below, keyed per sample
@@ -317,15 +302,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     if repa is not None:
         repa.attach(model)  # a forward hook on the aligned layer; the model's code is unchanged
 
-    batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, start_step, config.max_steps)
+    batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, state.step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
-    # The run's objective (recorded in checkpoints) and its per-sample losses, every draw keyed by (seed, step,
-    # position) so that neither depends on how the global batch is split.
-    objective = objective_from_options(config)
-    losses_of = objective.loss_function(spec["config"]["learn_sigma"])
-    # What the samples of this model are (size, channels, decoding VAE), so `dico sample` needs no flags.
-    space = asdict(facts.space)
 
     # Everything checked: from here on the run writes.
     if env.main:
@@ -336,46 +315,17 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
             (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
     log = RunLog(results, env.main)
 
-    def save(step: int, sync: bool = True) -> Path:
-        """Write the state after `step` steps; `sync=False` (emergency saves) skips the barrier, which processes
-        that are not here would never reach. Non-finite weights are never written."""
-        path = checkpoint_dir(results) / f"{step:07d}.pt"
-        if not all_finite(list(model.parameters()) + list(ema.parameters())):
-            raise NonFiniteError(f"the weights after step {step} are not finite; not saving them (the newest "
-                                 f"checkpoint stays the last good one)")
-        extra = {} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector.state_dict()}
-        if env.main:
-            atomic_save({
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "skipped_steps": skipped,
-                "spec": spec,
-                "space": space,
-                "config": asdict(config),
-                "objective": objective.to_dict(),
-                "class_names": facts.class_names,  # what the classes are called (pipelines, the web demo)
-                "data": data_record,
-                "world": env.world,  # provenance: how many processes trained it
-                **extra,
-            }, path)
-        if sync:
-            barrier()
-        return path
-
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    step = start_step
-    bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and env.main), unit="step",
+    bar = tqdm(total=config.max_steps, initial=state.step, disable=not (progress and env.main), unit="step",
                dynamic_ncols=True)
     window_loss, window_align, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
-    last_path, saved_step = None, start_step
+    last_path, saved_step = None, state.step
     consistent = True  # step counter, weights, EMA and optimizer agree (false only while an update is applied)
     batch_iter = iter(loader)
     try:
         with StopSignals() as stop:
-            while step < config.max_steps:
+            while state.step < config.max_steps:
+                step = state.step  # the index of the step being taken: its keys, learning rate and REPA weight
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(config, step)
                 opt.zero_grad(set_to_none=True)
@@ -415,57 +365,57 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                 mean_loss, stop_asked, bad_grads, mean_align = all_mean(flags).tolist()
                 if not math.isfinite(mean_loss) or bad_grads > 0:
                     what = "loss" if not math.isfinite(mean_loss) else "gradients"
-                    if skipped >= config.skip_nonfinite:
+                    if state.skipped_steps >= config.skip_nonfinite:
                         raise NonFiniteError(f"non-finite {what} at step {step + 1} (loss {mean_loss}); stopping. "
                                              "Lower --lr, use --precision fp32, or allow skipping a few such steps "
                                              "with --skip-nonfinite N")
-                    skipped += 1
+                    state.skipped_steps += 1
                     opt.zero_grad(set_to_none=True)
                     if env.main:
-                        bar.write(f"step {step + 1}: non-finite {what}, step skipped ({skipped} of at most "
+                        bar.write(f"step {step + 1}: non-finite {what}, step skipped ({state.skipped_steps} of at most "
                                   f"{config.skip_nonfinite})")
                 else:
                     consistent = False
                     opt.step()
                     update_ema(ema, model, config.ema_decay)
-                step += 1
+                state.step += 1
                 consistent = True
                 if math.isfinite(mean_loss):
                     window_loss += mean_loss
                     window_align += mean_align
                     window_steps += 1
                 bar.update(1)
-                if step % config.log_every == 0 or step == config.max_steps:
+                if state.step % config.log_every == 0 or state.step == config.max_steps:
                     elapsed = time.perf_counter() - window_start
-                    record = {"step": step, "loss": window_loss / max(window_steps, 1),
+                    record = {"step": state.step, "loss": window_loss / max(window_steps, 1),
                               "steps_per_s": window_steps / elapsed,
                               "images_per_s": window_steps * config.global_batch / elapsed,
-                              "lr": learning_rate(config, step - 1)}
+                              "lr": learning_rate(config, step)}
                     if repa is not None:
                         record["repa_loss"] = window_align / max(window_steps, 1)  # "loss" stays the diffusion loss
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                     window_loss, window_align, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
-                if step % config.ckpt_every == 0 or step == config.max_steps:
-                    last_path, saved_step = save(step), step
+                if state.step % config.ckpt_every == 0 or state.step == config.max_steps:
+                    last_path, saved_step = save_checkpoint(state, results, env), state.step
                 # Alone, a signal that came during this step's update stops here; several processes stop together
                 # at the step after one of them was signalled (agreed through the collective above).
                 if stop_asked > 0 or (env.world == 1 and stop.received is not None):
                     signum = stop.received or signal.SIGTERM  # another process received it
-                    path = save(step) if step > saved_step else last_path
-                    raise TrainingInterrupted(signum, step, path)
+                    path = save_checkpoint(state, results, env) if state.step > saved_step else last_path
+                    raise TrainingInterrupted(signum, state.step, path)
     except (TrainingInterrupted, NonFiniteError):
         raise
     except BaseException as err:
         # An error between steps (a bad image, a lost process, a second Ctrl-C while waiting for data) loses
         # nothing done so far; one in the middle of an update saves nothing, since no state would be consistent.
-        if consistent and step > saved_step and env.main:
+        if consistent and state.step > saved_step and env.main:
             try:
-                path = save(step, sync=False)
+                path = save_checkpoint(state, results, env, sync=False)
             except Exception as save_err:  # e.g. disk full: the original error is what the user needs to see
                 print(f"\ncould not save an emergency checkpoint: {save_err}", file=sys.stderr)
             else:
-                print(f"\n{type(err).__name__} at step {step}: saved {path}; continue with --resume auto",
+                print(f"\n{type(err).__name__} at step {state.step}: saved {path}; continue with --resume auto",
                       file=sys.stderr)
         raise
     finally:
