@@ -18,15 +18,15 @@ from dico.transport import create_transport
 
 
 def test_records_round_trip_and_old_records_load_as_the_official_ddpm():
-    for objective in (DDPMObjective(), DDPMObjective("squaredcos_cap_v2", 500), FlowObjective(),
+    for objective in (DDPMObjective(), DDPMObjective(noise_schedule="squaredcos_cap_v2", diffusion_steps=500), FlowObjective(),
                       FlowObjective(path="GVP", prediction="noise", loss_weight="likelihood", train_eps=1e-3)):
         record = objective.to_dict()
         assert list(record)[0] == "kind" and objective_from_dict(record) == objective
     # what checkpoints held before objectives were recorded, and what the official release holds (nothing)
-    assert objective_from_dict(None) == objective_from_dict({}) == DDPMObjective("linear", 1000)
+    assert objective_from_dict(None) == objective_from_dict({}) == DDPMObjective(noise_schedule="linear", diffusion_steps=1000)
     assert DDPMObjective().to_dict() == {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000}
     assert stored_objective({"config": {"noise_schedule": "squaredcos_cap_v2", "diffusion_steps": 100}}) == \
-        DDPMObjective("squaredcos_cap_v2", 100)
+        DDPMObjective(noise_schedule="squaredcos_cap_v2", diffusion_steps=100)
     assert stored_objective({"args": object()}) == DDPMObjective()
     with pytest.raises(ValueError, match="unknown objective 'meanflow' \\(known: ddpm, flow\\)"):
         objective_from_dict({"kind": "meanflow"})

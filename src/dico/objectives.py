@@ -25,8 +25,8 @@ from .options import check_choices, check_int, check_number
 # ------------------------------------------------------------------------------------------------------ settings
 @dataclass
 class DDPMSettings:
-    noise_schedule: Literal["linear", "squaredcos_cap_v2"] = "linear"  # ddpm: beta schedule
     diffusion_steps: int = 1000  # ddpm: diffusion timesteps
+    noise_schedule: Literal["linear", "squaredcos_cap_v2"] = "linear"  # ddpm: beta schedule
 
     def check(self) -> None:
         check_int("diffusion_steps", self.diffusion_steps, 2)
@@ -53,14 +53,19 @@ class FlowSettings:
 
 
 @dataclass
-class ObjectiveOptions(FlowSettings, DDPMSettings):
+class ObjectiveKind:
+    objective: Literal["ddpm", "flow"] = "ddpm"
+    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the options below)."""
+
+
+# Bases in this order so that the flags, config files and checkpoint records list them as they always have (a
+# dataclass lists the fields of its last base first): the DDPM settings, the choice, the flow settings.
+@dataclass
+class ObjectiveOptions(FlowSettings, ObjectiveKind, DDPMSettings):
     """The settings of every objective, as flags: `objective` picks the one a run trains, the others are unused."""
 
-    objective: Literal["ddpm", "flow"] = "ddpm"
-    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the flow options)."""
-
     def check(self) -> None:
-        check_choices(self, ObjectiveOptions)
+        check_choices(self, ObjectiveKind)
         DDPMSettings.check(self)
         FlowSettings.check(self)  # (combinations are checked by the chosen objective, when the run builds it)
 
@@ -143,6 +148,10 @@ class DDPMObjective(DDPMSettings, Objective):
 
     kind: ClassVar[str] = "ddpm"
     settings: ClassVar[type] = DDPMSettings
+
+    def to_dict(self) -> dict:
+        record = super().to_dict()  # records have listed the schedule first since the first checkpoints
+        return {"kind": record.pop("kind"), "noise_schedule": record.pop("noise_schedule"), **record}
 
     def process(self, learn_sigma: bool):
         from .diffusion import create_diffusion

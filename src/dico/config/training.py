@@ -16,9 +16,8 @@ from .repa import RepaConfig
 
 
 @dataclass
-class TrainConfig(ObjectiveOptions):
-    """One training run. The objective's flags (--objective, --diffusion-steps, --path, ...) are declared with the
-    objectives, in dico.objectives."""
+class RunSettings:
+    """What a run trains and how: the model, its data, REPA and the optimisation."""
 
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
@@ -50,6 +49,14 @@ class TrainConfig(ObjectiveOptions):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast
     grad_checkpointing: bool = False
     skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
+
+
+@dataclass
+class TrainConfig(ObjectiveOptions, RunSettings):
+    """One training run: the model, its data and the optimisation (RunSettings), the objective (ObjectiveOptions: the
+    settings of every objective, declared with the objectives in dico.objectives), then logging, checkpoints and the
+    final sample grid."""
+
     log_every: int = 100
     ckpt_every: int = 50_000
     num_workers: int = 4
@@ -78,6 +85,7 @@ class TrainConfig(ObjectiveOptions):
                                   for b in betas):
             raise ValueError(f"--betas must be two numbers in [0, 1), e.g. 0.9,0.999, got {self.betas!r}")
         self.betas = tuple(float(b) for b in betas)
+        check_choices(self, RunSettings)
         check_choices(self, TrainConfig)
         ObjectiveOptions.check(self)
 
