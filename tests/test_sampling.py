@@ -7,7 +7,7 @@ import torch
 from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.models import build_model, model_spec
-from dico.sampling import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
+from dico.sampling import OutputSpace, SampleConfig, SamplingOptions, generate, image_labels, sample, sample_to_npz
 
 SPACE = OutputSpace(resolution=8, channels=1)
 
@@ -113,6 +113,18 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     assert refused.value.code == 2 and "--out must end in .png" in capsys.readouterr().err
     assert cli(["sample", "--ckpt", str(checkpoint), "--classes", "12", "--out", str(tmp_path / "x.png")]) == 2
     assert "--classes must lie in [0, 10)" in capsys.readouterr().err
+
+
+def test_out_is_a_png_grid_or_an_adm_npz_and_sample_to_npz_writes_only_npz(tmp_path):
+    grid_or_npz = r"--out must end in \.png \(a grid\) or \.npz \(ADM format\), got "
+    with pytest.raises(ValueError, match=f"^{grid_or_npz}x\\.jpg$"):
+        SampleConfig(ckpt="c.pt", out="x.jpg")
+    config = SampleConfig(ckpt="c.pt", out=str(tmp_path / "x.png"))
+    config.out = str(tmp_path / "x")  # (a config edited after construction is checked again by sample)
+    with pytest.raises(ValueError, match=f"^{grid_or_npz}.*x$"):
+        sample(config)
+    with pytest.raises(ValueError, match=r"^--out must end in \.npz, got x\.png$"):
+        sample_to_npz(None, SPACE, "x.png", 1, SamplingOptions())
 
 
 def test_deep_cache_refresh_steps_are_exact_and_cached_steps_skip_the_deep_levels(model):

@@ -1,10 +1,10 @@
 """What `dico sample` (and `dico.sampling.sample`) takes: the checkpoint, the output and the sampling options."""
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 from ..options import check_int, check_number, check_writable_parent, comma_separated
+from ..sample_files import check_out_suffix
 
 
 @dataclass
@@ -90,6 +90,5 @@ class SampleConfig(SamplingOptions):
         if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)):
             raise ValueError(f"--classes must be class ids >= 0, e.g. 1,2,3, got {self.classes!r}")
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
-            if Path(self.out).suffix not in (".png", ".npz"):
-                raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {self.out}")
+            check_out_suffix(self.out)
             check_writable_parent("out", self.out)

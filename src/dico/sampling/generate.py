@@ -19,6 +19,7 @@ from ..data import OutputSpace, load_vae
 from ..diffusion import SAMPLING_METHODS, create_diffusion, sample_loop
 from ..images import save_grid, to_uint8, write_npz
 from ..randomness import PURPOSES, keyed_randint, keyed_randn
+from ..sample_files import check_out_suffix
 from ..transport import FlowObjective
 from ..transport import sample_loop as transport_sample_loop
 from .config import SamplingOptions
@@ -183,8 +184,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
     """
     out = Path(out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out must end in .npz, got {out}")
+    check_out_suffix(out, (".npz",))
     parts = out.with_name(out.name + ".parts")
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.
