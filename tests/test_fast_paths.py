@@ -225,7 +225,7 @@ def test_dit_bf16_inference_close_to_fp32():
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_inference_ffn_in_batch_slices_matches_the_whole_batch(monkeypatch, autocast):
-    import dico.models.layers as layers
+    import dico.models.fast_ops as fast_ops
 
     model = random_model(hidden_size=32).eval()
     x, t, y = inputs(n=5)
@@ -233,8 +233,8 @@ def test_inference_ffn_in_batch_slices_matches_the_whole_batch(monkeypatch, auto
         whole = model(x, t, y)
         hidden = torch.empty(5, 32, 12, 20, dtype=torch.bfloat16 if autocast else torch.float32)  # modulated map
         per_sample = 64 * 12 * 20 * (2 if autocast else 4)  # FFN map of one sample at level 1 (hidden 2 x 32)
-        monkeypatch.setattr(layers, "FFN_CHUNK_BYTES", 2 * per_sample)
-        assert layers.ffn_chunks(hidden, 64) == 3  # slices of 2, 2 and 1 samples
+        monkeypatch.setattr(fast_ops, "FFN_CHUNK_BYTES", 2 * per_sample)
+        assert fast_ops.ffn_chunks(hidden, 64) == 3  # slices of 2, 2 and 1 samples
         sliced = model(x, t, y)
     assert rel_err(sliced, whole) < 1e-6
     if not autocast:

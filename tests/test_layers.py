@@ -13,15 +13,14 @@ SOURCE = Path(dico.__file__).parent
 # dico.cli (commands by module name) and dico/__init__ (PEP 562) also import with importlib, downwards too.
 LAYERS = [
     ["options"],  # YAML config files and value checks: torch-free, dico's bottom
-    ["randomness", "images", "distributed", "cpu_allocator"],
+    ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors"],
     ["models"],
     ["diffusion", "transport"],
     ["objectives", "conditioning"],  # objectives: torch-free at import, the processes below load where they run
     ["config"],  # every options dataclass (TrainConfig inherits the objectives' settings): torch-free
     ["data"],
     ["checkpoints"],
-    ["evaluation"],
-    ["repa"],  # the digits teacher reuses evaluation's cache folder
+    ["evaluation", "repa"],
     ["sampling"],
     ["pipelines"],
     ["training"],

@@ -24,7 +24,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPip
                        FlowMatchHeunDiscreteScheduler)
 
 from dico.pipelines import (DiCo2DModel, DiCoPipeline, DiCoScheduler, DiT2DModel, as_component,  # noqa: E402
-                            flow_sigmas, imagenet_labels, pipeline_from_network, push_to_hub, save_pipeline)
+                            flow_sigmas, imagenet_labels, model_card, pipeline_from_network, push_to_hub,
+                            save_pipeline)
 
 SPACE = OutputSpace(resolution=8, channels=1)
 SPEC = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
@@ -304,6 +305,17 @@ def test_model_card_tells_architecture_recipe_license_and_how_to_load(folder):
     for needed in ("DiCo-Tiny", "DiCo2DModel", "pixels, 8x8x1", "| lr | 0.001 |", "| global_batch | 64 |",
                    "for 10 steps", "## License", "DiCoPipeline.from_pretrained", "trust_remote_code=True"):
         assert needed in card, needed
+
+
+def test_model_card_fills_every_field_of_its_template_for_either_objective(folder, flow_pipe):
+    ddpm, flow = (folder / "README.md").read_text(), model_card(flow_pipe, {})
+    for card in (ddpm, flow):
+        assert "$" not in card and card.endswith("\n## License\n\nMIT\n")
+    assert "- Objective: DDPM (noise prediction, iDDPM learned-range variance)\n" in ddpm
+    assert "seed=0).images   # = dico sample --seed 0\n" in ddpm and "DPMSolverMultistepScheduler" in ddpm
+    assert "- Objective: flow matching as SiT (path Linear, prediction velocity;" in flow
+    assert "# sigmas=flow_sigmas(250): = dico sample --method euler --steps 251 --seed 0\n" in flow
+    assert "FlowMatchHeunDiscreteScheduler" in flow and "The checkpoint does not record its training recipe." in flow
 
 
 def test_push_to_hub_without_network_says_what_to_do(folder):

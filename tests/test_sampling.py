@@ -9,7 +9,7 @@ from dico.cli import main as cli
 from dico.models import build_model, model_spec
 from dico.conditioning import ClassLabels
 from dico.objectives import FlowObjective
-from dico.sampling import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
+from dico.sampling import OutputSpace, SampleConfig, SamplingOptions, generate, image_labels, sample, sample_to_npz
 from dico.sampling.guided import CacheOptions, Denoiser, Guidance
 from dico.transport import Sampler, create_transport
 
@@ -135,6 +135,18 @@ def test_guidance_interval_guides_only_inside_it(model):
     with pytest.raises(ValueError, match="cannot be combined"):
         Denoiser(model, ClassLabels(torch.tensor([1]), 10), Guidance(2.0, interval=(0.3, 0.7)),
                  cache=CacheOptions(interval=2))
+
+
+def test_out_is_a_png_grid_or_an_adm_npz_and_sample_to_npz_writes_only_npz(tmp_path):
+    grid_or_npz = r"--out must end in \.png \(a grid\) or \.npz \(ADM format\), got "
+    with pytest.raises(ValueError, match=f"^{grid_or_npz}x\\.jpg$"):
+        SampleConfig(ckpt="c.pt", out="x.jpg")
+    config = SampleConfig(ckpt="c.pt", out=str(tmp_path / "x.png"))
+    config.out = str(tmp_path / "x")  # (a config edited after construction is checked again by sample)
+    with pytest.raises(ValueError, match=f"^{grid_or_npz}.*x$"):
+        sample(config)
+    with pytest.raises(ValueError, match=r"^--out must end in \.npz, got x\.png$"):
+        sample_to_npz(None, SPACE, "x.png", 1, SamplingOptions())
 
 
 def test_deep_cache_refresh_steps_are_exact_and_cached_steps_skip_the_deep_levels(model):

@@ -139,6 +139,12 @@ class Objective:
         """What the scheduler's step takes from the model's output."""
         raise NotImplementedError
 
+    def card_text(self) -> dict:
+        """What a pipeline's model card says of this objective: "objective_line", "sampling" (the default sampling,
+        followed on the card by the scheduler's config), "same_as" (the `dico sample` command the pipeline's default
+        call equals), "other_schedulers" and "process_keys" (the training-config keys shown in the recipe)."""
+        raise NotImplementedError
+
 
 # ----------------------------------------------------------------------------------------------------------- DDPM
 @dataclass
@@ -230,6 +236,18 @@ class DDPMObjective(DDPMSettings, Objective):
             return output
         return output[:, :channels]
 
+    def card_text(self) -> dict:
+        return {
+            "objective_line": "- Objective: DDPM (noise prediction, iDDPM learned-range variance)",
+            "sampling": ("iDDPM ancestral sampling with the learned-range variance, 250 steps, classifier-free "
+                         "guidance\n  1.5 on the first 3 noise channels (fewer if the model has fewer): the official "
+                         "protocol;\n  "),
+            "same_as": "= dico sample --seed 0",
+            "other_schedulers": ("Other schedulers: `pipe.scheduler = DPMSolverMultistepScheduler.from_config("
+                                 "pipe.scheduler.config)` (25 steps is\nplenty), or `DDIMScheduler.from_config(...)`."),
+            "process_keys": ("diffusion_steps", "noise_schedule"),
+        }
+
 
 # ----------------------------------------------------------------------------------------------- flow matching
 FLOW_PIPELINE_PATHS, FLOW_PIPELINE_PREDICTIONS = ("Linear",), ("velocity",)  # what diffusers' flow schedulers define
@@ -311,6 +329,23 @@ class FlowObjective(FlowSettings, Objective):
 
     def scheduler_input(self, scheduler, output, channels: int):
         return -output[:, :channels]  # noise - x0 = -v, from the velocity channels (not a learned sigma's half)
+
+    def card_text(self) -> dict:
+        return {
+            "objective_line": (f"- Objective: flow matching as SiT (path {self.path}, prediction {self.prediction}; "
+                               f"t = 0 noise, t = 1 data, the model predicts v = data - noise; time sampling "
+                               f"{self.time_sampling})"),
+            "sampling": ("Euler steps of diffusers' flow-matching scheduler (x_sigma = (1 - sigma) x0 + sigma noise; "
+                         "the pipeline calls the model at t = 1 - sigma and passes -v), 250 steps, classifier-free "
+                         "guidance 1.5 on the first 3 channels (fewer if the model has fewer); "),
+            "same_as": "sigmas=flow_sigmas(250): = dico sample --method euler --steps 251 --seed 0",
+            "other_schedulers": (
+                "Other schedulers: diffusers' flow-matching ones, e.g. "
+                "`pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)`; "
+                "`from dico.pipelines import flow_sigmas` and `pipe(..., sigmas=flow_sigmas(N))` for dico's uniform "
+                "Euler grid (the scheduler's own grid ends with a step from sigma 1/1000 to 0)."),
+            "process_keys": ("objective", "path", "prediction", "time_sampling", "logit_mean", "logit_std"),
+        }
 
 
 def is_flow_scheduler(scheduler) -> bool:

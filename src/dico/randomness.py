@@ -4,8 +4,14 @@ Every random draw that shapes a result comes from a generator seeded by the draw
 so results do not depend on batch size, process count or where a run was interrupted.
 """
 
+from typing import Callable
+
 import numpy as np
 import torch
+
+# The samplers' noise hook, for DDPM and flow SDE sampling alike: step_noise(i, shape) gives the fresh N(0, I) noise
+# of step i (keyed per image by the caller, so an image's noise does not depend on its batch).
+StepNoise = Callable[[int, tuple], torch.Tensor]
 
 PURPOSES = {"noise": 1, "timestep": 2, "label_drop": 3, "data": 4, "sample_init": 5, "sample_step": 6, "label": 7}
 

@@ -7,6 +7,17 @@ from typing import Annotated, Literal
 from ..options import check_int, check_number, check_writable_parent, comma_separated
 
 
+SAMPLE_FORMATS = {".png": ".png (a grid)", ".npz": ".npz (ADM format)"}  # what `dico sample` writes
+
+
+def check_out_suffix(out, suffixes=tuple(SAMPLE_FORMATS)) -> None:
+    """Refuse an output path `out` whose suffix is not one of `suffixes`. The message names each choice with what
+    it holds, or just the suffix when there is only one."""
+    if Path(out).suffix not in suffixes:
+        wanted = " or ".join(SAMPLE_FORMATS[s] for s in suffixes) if len(suffixes) > 1 else suffixes[0]
+        raise ValueError(f"--out must end in {wanted}, got {out}")
+
+
 @dataclass
 class SamplingOptions:
     """How to sample. `method` and `steps` default to what the model's objective calls for: DDPM models ancestral
@@ -90,6 +101,5 @@ class SampleConfig(SamplingOptions):
         if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)):
             raise ValueError(f"--classes must be class ids >= 0, e.g. 1,2,3, got {self.classes!r}")
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
-            if Path(self.out).suffix not in (".png", ".npz"):
-                raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {self.out}")
+            check_out_suffix(self.out)
             check_writable_parent("out", self.out)

@@ -9,17 +9,17 @@ Numerics follow the reference: schedule arrays are float64 and each coefficient 
 in their own dtype.
 """
 
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
+from ..randomness import StepNoise
+from ..tensors import mean_flat
 from .common import compute_dtype, initial_noise
 from .dpm_solver import dpm_solver_plus_plus
-from .likelihoods import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .likelihoods import discretized_gaussian_log_likelihood, normal_kl
 from .schedules import Respacing, named_beta_schedule, space_timesteps
-
-StepNoise = Callable[[int, tuple], torch.Tensor]
 
 _LOG2 = float(np.log(2.0))
 

@@ -5,11 +5,6 @@ import math
 import torch
 
 
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension but the batch one: one value per sample."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
-
-
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """Elementwise KL( N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)) ), in nats."""
     return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))

@@ -4,7 +4,8 @@ from typing import Optional, Union
 
 import torch
 
-from .gaussian_diffusion import GaussianDiffusion, StepNoise
+from ..randomness import StepNoise
+from .gaussian_diffusion import GaussianDiffusion
 
 SAMPLING_METHODS = ("ddpm", "ddim", "dpm++2m", "dpm++3m")
 

@@ -11,7 +11,6 @@ The trained weights are cached (by default under ~/.cache/dico); their hash is p
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import load_digits_uint8
-from .cache import cache_dir
+from ..cache import cache_dir, cached
 
 CLASSIFIER_RESOLUTION = 16
 RECIPE_VERSION = "v4"  # bump when the architecture or the training recipe changes
@@ -158,18 +157,15 @@ def load_digits_classifier(directory=None) -> tuple[DigitsClassifier, Path]:
     directory = Path(directory) if directory is not None else cache_dir()
     path = directory / f"digits-classifier-{RECIPE_VERSION}.safetensors"
     model = DigitsClassifier()
-    if path.is_file():
-        try:
-            model.load_state_dict(load_file(str(path)))
-            return model.eval().requires_grad_(False), path
-        except Exception:  # a damaged cache entry is rebuilt, not trusted
-            path.unlink(missing_ok=True)
-    model = train_digits_classifier()
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial))
-    os.replace(partial, path)
-    return model, path
+
+    def read(file):
+        model.load_state_dict(load_file(str(file)))
+        return model.eval().requires_grad_(False)
+
+    def write(trained, file):
+        save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(file))
+
+    return cached(path, train_digits_classifier, write, read), path
 
 
 class DigitsFeatures:

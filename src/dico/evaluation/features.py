@@ -8,7 +8,6 @@ reads a file instead of running the network. Where the input's folder is read-on
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Iterator, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import cache_dir
+from ..cache import atomic_write, cache_dir
 from .images import ImageSource, content_hash, iter_image_batches
 from .metrics import GaussianStatistics, RunningStatistics
 
@@ -131,14 +130,10 @@ def _write_cache(candidates: list[Path], feature_set: FeatureSet) -> Path | None
     for name, stats in feature_set.statistics.items():
         arrays[f"mu_{name}"], arrays[f"sigma_{name}"] = stats.mu, stats.sigma
     for path in candidates:
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial.npz")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(partial, **arrays)
-            os.replace(partial, path)  # readers never see a half-written cache
-            return path
-        except OSError:
-            partial.unlink(missing_ok=True)
+            return atomic_write(path, lambda partial: np.savez(partial, **arrays), suffix=".npz")
+        except OSError:  # e.g. a read-only folder: try the next place
+            pass
     return None
 
 

@@ -10,9 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (LabelEmbedder, TimestepEmbedder, activation, channel_attention_weights, combine_guidance, conv,
-                     ffn_chunks, gated_residual, linear, modulated_norm, records_config, resolve_guidance_channels,
-                     scale_channels)
+from .config import records_config
+from .embedders import LabelEmbedder, TimestepEmbedder
+from .fast_ops import (activation, channel_attention_weights, conv, ffn_chunks, gated_residual, linear, modulated_norm,
+                       scale_channels)
+from .guidance import combine_guidance, resolve_guidance_channels
 
 CHANNEL_ATTENTIONS = ("cca", "se", "none")
 ACTIVATIONS = ("gelu", "relu")
@@ -268,7 +270,7 @@ class DiCo(nn.Module):
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3, cache: "FeatureCache | None" = None):
         """Classifier-free guidance on a batch laid out [cond half; uncond half] (labels of the second half are the
         null class), on the first `guidance_channels` output channels: 3 by default, as the official release does;
-        "all" (or None) guides every noise channel (see layers.resolve_guidance_channels)."""
+        "all" (or None) guides every noise channel (see guidance.resolve_guidance_channels)."""
         half = x[: len(x) // 2]
         cond, uncond = self(torch.cat([half, half]), t, y, cache=cache).chunk(2)
         return combine_guidance(cond, uncond, cfg_scale, resolve_guidance_channels(guidance_channels, self.in_channels))

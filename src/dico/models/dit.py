@@ -8,8 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (LabelEmbedder, TimestepEmbedder, combine_guidance, conv, linear, records_config,
-                     resolve_guidance_channels)
+from .config import records_config
+from .embedders import LabelEmbedder, TimestepEmbedder
+from .fast_ops import conv, linear
+from .guidance import combine_guidance, resolve_guidance_channels
 
 
 def modulate(x, shift, scale):

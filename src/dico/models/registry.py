@@ -9,7 +9,7 @@ import difflib
 
 from .dico import DiCo
 from .dit import DiT
-from .layers import ModelSpec, config_fields, resolve_config
+from .config import ModelSpec, config_fields, resolve_config
 
 # Official DiCo sizes (hidden width C, stage depths [enc1, enc2, mid, dec2, dec1], FFN ratio).
 DICO_SIZES = {

@@ -1,7 +1,9 @@
 """Pipeline folders from dico checkpoints (with a model card), loading either kind, and uploads to the Hub."""
 
 import json
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 from ..checkpoints import load_pretrained
 from ..data import load_vae
@@ -78,11 +80,11 @@ def save_pipeline(checkpoint_source, out_dir, vae=None, name: str | None = None,
 
 
 def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str | None = None) -> str:
-    """A Hub model card: what the model is, how it was trained (from the checkpoint, when it says), how to load it."""
+    """A Hub model card: what the model is, how it was trained (from the checkpoint, when it says), how to load it.
+    The text is the template `model_card.md` (string.Template) beside this module."""
     model = pipe.transformer
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     spec = checkpoint.get("spec") if isinstance(checkpoint.get("spec"), dict) else {}
-    model_name = spec.get("name") or name or type(model).__name__
     parameters = sum(p.numel() for p in model.parameters())
     space = (f"latents {pipe.config.sample_size}x{pipe.config.sample_size}x{model.config.in_channels} of the VAE "
              f"`{pipe.vae.config.get('_name_or_path', 'vae')}` (scale {pipe.config.latent_scale})"
@@ -90,13 +92,10 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
              f"pixels, {pipe.config.sample_size}x{pipe.config.sample_size}x{model.config.in_channels}")
     train = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else None
     official_args = checkpoint.get("args")
-    objective = pipe.config.get("objective") or {}
-    flow = objective_from_dict(objective).kind == "flow"  # (moves into the objectives with the card template)
+    text = pipe.objective.card_text()
     if train:
-        process = (("objective", "path", "prediction", "time_sampling", "logit_mean", "logit_std") if flow else
-                   ("diffusion_steps", "noise_schedule"))
         keep = ("model", "data", "max_steps", "global_batch", "lr", "betas", "weight_decay", "warmup_steps",
-                "ema_decay", "precision", *process, "seed")
+                "ema_decay", "precision", *text["process_keys"], "seed")
         shown = {**train, "data": train.get("data") or "the bundled digits"}
         recipe = "\n".join(f"| {k} | {shown[k]} |" for k in keep if k in train)
         step = checkpoint.get("step")
@@ -109,76 +108,17 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
         recipe = "The checkpoint does not record its training recipe."
     scheduler_line = (f"`{type(pipe.scheduler).__name__}` config\n  "
                       f"`{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith('_')})}`")
-    if flow:
-        objective_line = (f"- Objective: flow matching as SiT (path {objective.get('path')}, prediction "
-                          f"{objective.get('prediction')}; t = 0 noise, t = 1 data, the model predicts "
-                          f"v = data - noise; time sampling {objective.get('time_sampling', 'uniform')})")
-        sampling = ("Euler steps of diffusers' flow-matching scheduler (x_sigma = (1 - sigma) x0 + sigma noise; the "
-                    "pipeline calls the model at t = 1 - sigma and passes -v), 250 steps, classifier-free guidance "
-                    "1.5 on the first 3 channels (fewer if the model has fewer); " + scheduler_line)
-        same_as = "sigmas=flow_sigmas(250): = dico sample --method euler --steps 251 --seed 0"
-        others = ("Other schedulers: diffusers' flow-matching ones, e.g. "
-                  "`pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)`; "
-                  "`from dico.pipelines import flow_sigmas` and `pipe(..., sigmas=flow_sigmas(N))` for dico's uniform "
-                  "Euler grid (the scheduler's own grid ends with a step from sigma 1/1000 to 0).")
-    else:
-        objective_line = "- Objective: DDPM (noise prediction, iDDPM learned-range variance)"
-        sampling = ("iDDPM ancestral sampling with the learned-range variance, 250 steps, classifier-free guidance\n"
-                    "  1.5 on the first 3 noise channels (fewer if the model has fewer): the official protocol;\n  "
-                    + scheduler_line)
-        same_as = "= dico sample --seed 0"
-        others = ("Other schedulers: `pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)` "
-                  "(25 steps is\nplenty), or `DDIMScheduler.from_config(...)`.")
     labels = pipe.config.id2label
     example = ", ".join(repr(labels[k].split(",")[0]) for k in list(labels)[:2]) or "0"
     license_line = (f"{LICENSE} (dico's code). Weights converted from an official release keep that release's "
                     "license." if official_args is not None else f"{LICENSE}")
-    return f"""---
-library_name: diffusers
-license: mit
-tags:
-- dico
-- class-conditional
-- image-generation
----
-
-# {model_name} (DiCo pipeline)
-
-DiCo is a diffusion ConvNet (arXiv 2505.11196): a three-level U-shaped network of depthwise-convolution blocks with
-compact channel attention, conditioned on timestep and class through adaLN. Converted with `dico` from
-`{source or 'a dico model'}`.
-
-- Architecture: `{type(model).__name__}` with {parameters / 1e6:.2f}M parameters; config
-  `{json.dumps(config)}`
-- Output: {space}; {len(labels)} classes
-{objective_line}
-- Sampling (default): {sampling}
-
-## Training
-
-{recipe}
-
-## How to load
-
-```python
-from dico.pipelines import DiCoPipeline           # pip install dico
-pipe = DiCoPipeline.from_pretrained("path/or/hub-id")
-images = pipe(class_labels=pipe.get_label_ids([{example}]), seed=0).images   # {same_as}
-```
-
-or with diffusers' generic loader (runs the one-line `dico_pipeline.py` of this folder, which imports dico):
-
-```python
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained("path/or/hub-id", trust_remote_code=True)
-```
-
-{others} A web demo: `dico demo --ckpt path/or/hub-id`.
-
-## License
-
-{license_line}
-"""
+    template = resources.files(__package__).joinpath("model_card.md").read_text(encoding="utf-8")
+    return Template(template).substitute(
+        model_name=spec.get("name") or name or type(model).__name__, source=source or "a dico model",
+        architecture=type(model).__name__, parameters=f"{parameters / 1e6:.2f}", config=json.dumps(config),
+        space=space, classes=len(labels), objective_line=text["objective_line"],
+        sampling=text["sampling"] + scheduler_line, recipe=recipe, example=example, same_as=text["same_as"],
+        other_schedulers=text["other_schedulers"], license=license_line)
 
 
 def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None = None,

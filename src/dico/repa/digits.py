@@ -7,14 +7,13 @@ the judge of the samples is not their teacher. Trained once, deterministically o
 and cached beside the Digits-FID classifier.
 """
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..data import DigitsDataset
-from ..evaluation.cache import cache_dir
+from ..cache import cache_dir, cached
 from .networks import DigitsPatchEncoder
 from .patch_encoder import PatchEncoder, read_encoder_file, save_encoder_file
 
@@ -59,19 +58,16 @@ def digits_encoder_path(directory=None) -> Path:
 
 def load_digits_encoder(directory=None) -> PatchEncoder:
     """The cached digits teacher as a PatchEncoder (images in [-1, 1], (N, 64, 64) tokens), trained on first use."""
-    path = digits_encoder_path(directory)
-    if path.is_file():
-        try:
-            encoder = read_encoder_file(path, name=DIGITS_ENCODER)
-            return encoder
-        except (ValueError, RuntimeError, KeyError):  # a damaged cache entry is rebuilt, not trusted
-            path.unlink(missing_ok=True)
-    network = train_digits_encoder()
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    save_encoder_file(partial, network, arch="digits-patch-convnet", config={"dim": network.dim},
-                      **DIGITS_PREPROCESSING)
-    os.replace(partial, path)
-    return read_encoder_file(path, name=DIGITS_ENCODER)
+
+    def write(network, file):
+        save_encoder_file(file, network, arch="digits-patch-convnet", config={"dim": network.dim},
+                          **DIGITS_PREPROCESSING)
+
+    def read(file):
+        return read_encoder_file(file, name=DIGITS_ENCODER)
+
+    return cached(digits_encoder_path(directory), train_digits_encoder, write, read,
+                  damaged=(ValueError, RuntimeError, KeyError))
 
 
 def digits_accuracy(network: DigitsPatchEncoder) -> float:

@@ -8,6 +8,7 @@ from ..checkpoints import load_pretrained
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
 from ..config import SampleConfig
+from ..config.sampling import check_out_suffix
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
@@ -21,8 +22,7 @@ def sample(config: SampleConfig) -> Path | None:
     """Sample `config.num_samples` images of the checkpoint `config.ckpt` into `config.out`: a PNG grid, or an
     ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None."""
     out = Path(config.out)
-    if out.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png (a grid) or .npz (ADM format), got {out}")
+    check_out_suffix(out)
     options = sampling_options(config)  # checked before any work
     env = setup(config.device)
     loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,

@@ -18,6 +18,7 @@ from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
 from ..images import save_grid, to_uint8, write_npz
 from ..config import SamplingOptions
+from ..config.sampling import check_out_suffix
 from ..objectives import objective_from_dict
 from ..randomness import PURPOSES, keyed_randint
 from .guided import sample_latents
@@ -110,8 +111,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
     """
     out = Path(out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out must end in .npz, got {out}")
+    check_out_suffix(out, (".npz",))
     parts = out.with_name(out.name + ".parts")
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.

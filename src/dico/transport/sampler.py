@@ -5,16 +5,13 @@ As in SiT, each `Sampler.sample_*` returns a function `(z, model, **model_kwargs
 returns is the result (the sample; for the likelihood, the latent reached from the data).
 """
 
-from typing import Callable
-
 import torch
 from torchdiffeq import odeint
 
-from ..randomness import keyed_generator
+from ..randomness import StepNoise, keyed_generator
 from .paths import VPPath, expand_like
 from .transport import TRANSPORT_PURPOSES, Transport
 
-StepNoise = Callable[[int, tuple], torch.Tensor]  # the same hook as dico.diffusion's: fresh N(0, I) noise of step i
 LAST_STEPS = (None, "Mean", "Tweedie", "Euler")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 SDE_METHODS = ("Euler", "Heun")

@@ -19,6 +19,7 @@ import math
 import torch
 
 from ..randomness import PURPOSES, keyed_randn, keyed_uniform
+from ..tensors import mean_flat
 from .paths import PATHS, VPPath, expand_like
 
 PREDICTIONS = ("velocity", "noise", "score")
@@ -28,10 +29,6 @@ TIME_SAMPLINGS = ("uniform", "logit-normal")
 # Ids of the draws that dico.randomness.PURPOSES does not already name (kept apart from its ids 1..7). Training
 # reuses PURPOSES["timestep"] for t and PURPOSES["noise"] for x0: the same meaning as in DDPM training.
 TRANSPORT_PURPOSES = {"likelihood_probe": 8}
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=list(range(1, x.dim())))
 
 
 def model_prediction(model, x, t, **model_kwargs) -> torch.Tensor:

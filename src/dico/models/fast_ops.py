@@ -1,146 +1,17 @@
-"""Building blocks shared by DiCo and DiT: how a model records its config, the conditioning embedders, the fast-path
-ops the blocks are written in, and classifier-free guidance.
+"""The fast-path ops the DiCo and DiT blocks are written in.
 
-The fast-path ops give the same answer as the plain PyTorch formulation (tests/test_fast_paths.py writes it out) and
-take shortcuts only in eager inference on CPU, where they pay: in-place element-wise ops, oneDNN convolutions called
+They give the same answer as the plain PyTorch formulation (tests/test_fast_paths.py writes it out) and take
+shortcuts only in eager inference on CPU, where they pay: in-place element-wise ops, oneDNN convolutions called
 directly, cached low-precision weights under autocast. Under autograd, and while torch.compile traces the model, every
 op is the plain one, so training, DDP, the compiler and FlopCounterMode see an ordinary PyTorch model.
 """
 
-import copy
-import functools
-import inspect
-import math
 import weakref
-from typing import TypedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import flop_counter
-
-
-# Configuration: a model's constructor keyword arguments are its config, declared once in the signature (as
-# diffusers' register_to_config does). `model.config` holds them, defaults filled in; `model.spec` adds the registered
-# name and the architecture, which is what a checkpoint needs to rebuild the model.
-class ModelConfig(dict):
-    """A model's constructor arguments: a plain JSON-able dict whose keys also read as attributes
-    (`model.config.hidden_size`)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"config has no field {key!r}") from None
-
-
-class ModelSpec(TypedDict):
-    """Everything needed to rebuild a model: `build_model(spec)`. Stored in checkpoints as this plain dict."""
-
-    name: str | None  # the registered name ("DiCo-S"), None for a model built from its class directly
-    arch: str  # "dico" | "dit"
-    config: dict  # the constructor's keyword arguments
-
-
-def config_fields(cls) -> list:
-    """The config fields of a model class: the keyword arguments of its constructor, except `name`."""
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "name")]
-
-
-def resolve_config(cls, **kwargs) -> dict:
-    """The full config `cls(**kwargs)` records: every field, defaults filled in, tuples as lists (JSON-able)."""
-    unknown = sorted(set(kwargs) - set(config_fields(cls)))
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no option(s) {unknown}; valid options: {sorted(config_fields(cls))}")
-    bound = inspect.signature(cls.__init__).bind_partial(**kwargs)
-    bound.apply_defaults()
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k in config_fields(cls)}
-
-
-def records_config(init):
-    """Decorates a model's `__init__(self, *, name=None, **config)`: after construction the model carries
-    `model.config` (a ModelConfig) and `model.spec` (a ModelSpec with the class's `arch`)."""
-
-    @functools.wraps(init)
-    def wrapper(self, *, name=None, **kwargs):
-        init(self, **kwargs)
-        config = resolve_config(type(self), **kwargs)
-        self.config = ModelConfig(config)
-        self.spec = ModelSpec(name=name, arch=self.arch, config=copy.deepcopy(config))
-
-    return wrapper
-
-
-# Conditioning embedders: sinusoidal timesteps and class labels.
-def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of (possibly fractional) timesteps, cos half first as in GLIDE/DiT."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-class TimestepEmbedder(nn.Module):
-    """Timestep -> sinusoidal features -> MLP(SiLU) -> vector of `hidden_size`."""
-
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
-        super().__init__()
-        self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size),
-            nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size),
-        )
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_frequencies(t, self.frequency_embedding_size)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
-
-
-def drop_labels(labels: torch.Tensor, num_classes: int, prob: float, force_drop_ids=None) -> torch.Tensor:
-    """Replace labels by the null class `num_classes`, at random (training) or where force_drop_ids == 1."""
-    if force_drop_ids is None:
-        drop = torch.rand(labels.shape[0], device=labels.device) < prob
-    else:
-        drop = force_drop_ids == 1
-    return torch.where(drop, num_classes, labels)
-
-
-class LabelEmbedder(nn.Module):
-    """Class label -> vector, one table per output width.
-
-    The table has a extra null row (index `num_classes`) whenever label dropout is on, which is what
-    classifier-free guidance uses. `num_classes=0` gives an unconditional model: every label is the null one.
-    DiT names its single table `embedding_table`; DiCo names its three `embedding_table_0/1/2`.
-    """
-
-    def __init__(self, num_classes: int, hidden_sizes, dropout_prob: float, names=None):
-        super().__init__()
-        hidden_sizes = list(hidden_sizes)
-        names = names or [f"embedding_table_{i}" for i in range(len(hidden_sizes))]
-        self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
-        # Our trainer draws label dropout per sample from keyed generators (so results do not depend on batch
-        # split or process count) and switches the module's own random drop off.
-        self.drop_in_forward = True
-        rows = num_classes + int(dropout_prob > 0 or num_classes == 0)
-        self.table_names = names
-        for name, width in zip(names, hidden_sizes):
-            self.add_module(name, nn.Embedding(rows, width))
-
-    @property
-    def tables(self):
-        return [getattr(self, n) for n in self.table_names]
-
-    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids=None):
-        if self.num_classes == 0:
-            labels = torch.zeros_like(labels)
-        elif (train and self.dropout_prob > 0 and self.drop_in_forward) or force_drop_ids is not None:
-            labels = drop_labels(labels, self.num_classes, self.dropout_prob, force_drop_ids)
-        return [table(labels) for table in self.tables]
 
 
 # The network keeps its feature maps in channels-last memory (NCHW shape, NHWC storage): oneDNN runs 1x1 and
@@ -321,22 +192,3 @@ def scale_channels(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """h * w[:, :, None, None] on the NHWC view, in place in eager inference."""
     v = nhwc(h)
     return nchw(torch.mul(v, w.to(h.dtype)[:, None, None, :], out=reuse(v)))
-
-
-# Classifier-free guidance, for DiCo, DiT and the cached sampler alike: a batch laid out [cond half; uncond half]
-# (labels of the second half are the null class), guidance on the first few output channels only.
-def resolve_guidance_channels(requested, in_channels: int) -> int:
-    """How many leading output channels guidance acts on: `requested` (3, the official rule, kept for
-    reproducibility), or every noise channel for "all" or None; never more than the model's `in_channels` (a grey
-    pixel model has one noise channel, then its learned variance)."""
-    if requested in (None, "all"):
-        return in_channels
-    return min(int(requested), in_channels)
-
-
-def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
-    """The guided output of a [cond; uncond] batch from the outputs of its two halves: both halves get
-    uncond + scale * (cond - uncond) on the first `channels` channels, and keep their own remaining channels (the
-    learned variance is never guided)."""
-    guided = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
-    return torch.cat([torch.cat([guided, cond[:, channels:]], dim=1), torch.cat([guided, uncond[:, channels:]], dim=1)])
