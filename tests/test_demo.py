@@ -18,6 +18,7 @@ from dico.demo import SAMPLERS, build_demo  # noqa: E402
 from dico.models import build_model, model_spec  # noqa: E402
 from dico.pipelines import pipeline_from_network, save_pipeline  # noqa: E402
 from dico.sampling import OutputSpace  # noqa: E402
+from helpers import save_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -167,17 +168,6 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     shot = artifact(tmp_path, "dico-demo-bad-input.png")
     page.screenshot(path=str(shot))
     keep(shot)
-
-
-def save_tiny_checkpoint(path, **entries):
-    """A tiny pixel-space digits-like DiCo saved as one of our checkpoints, with extra `entries`."""
-    from dico.checkpoints import atomic_save
-
-    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
-    network = build_model(spec)
-    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
-                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, **entries}, path)
-    return path
 
 
 def test_demo_builds_from_a_checkpoint_path(tmp_path):
