@@ -171,9 +171,32 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
 
 
 def test_demo_builds_from_a_checkpoint_path(tmp_path):
-    path = save_tiny_checkpoint(tmp_path / "0000001.pt", config={"data": None})
+    """The page built from a checkpoint offers the checkpoint's class names and the samplers of its objective, and
+    its generate function gives the pipeline's images for the same labels, seed and sampler."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from dico.pipelines import load_pipeline
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    path = save_tiny_checkpoint(tmp_path / "0000001.pt", std=0.05, config={"data": None}, class_names=names)
     demo = build_demo(path, device="cpu")
     assert demo.title == "DiCo demo"
+    component = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert [value for _, value in component["classes"].choices] == names
+    assert [value for _, value in component["sampler"].choices] == list(SAMPLERS)  # a DDPM model: DDPM's samplers
+
+    pipe = load_pipeline(path)
+    pipe.set_progress_bar_config(disable=True)
+    for sampler in (DDPM, DPM):
+        if sampler == DPM:
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        gallery, status = demo(["three", "seven"], 1, 2.0, 4, sampler, 5, False, api_name="generate")
+        got = gallery_images(gallery)
+        assert [caption for _, caption in got] == ["three", "seven"] and "seed 5" in status
+        expected = pipe([3, 7], guidance_scale=2.0, num_inference_steps=4, seed=5).images
+        for (image, _), want in zip(got, expected):
+            np.testing.assert_array_equal(image[::16, ::16], np.asarray(want.convert("RGB")))  # shown 16x enlarged
+            assert image.shape == (128, 128, 3)
 
 
 def test_a_flow_model_gets_the_flow_matching_samplers(tmp_path):
