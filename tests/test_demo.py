@@ -152,11 +152,26 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     page.locator("#generate").click()
     page.locator("#gallery img").first.wait_for(timeout=60_000)
     page.get_by_text("images in").first.wait_for(timeout=30_000)
-    assert page.locator("#gallery img").count() >= 4  # the default: 4 images of the first class
     shot = artifact(tmp_path, "dico-demo.png")
     page.screenshot(path=str(shot), full_page=True)
     keep(shot)
-    assert Image.open(shot).size[0] == 1280
+    # What the browser decoded: the pixels of every gallery image, read back through a canvas.
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete)")
+    shown = page.locator("#gallery img").evaluate_all("""images => images.map(image => {
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth;
+        canvas.height = image.naturalHeight;
+        const context = canvas.getContext("2d");
+        context.drawImage(image, 0, 0);
+        return {width: image.naturalWidth, height: image.naturalHeight,
+                rgba: Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data)};
+    })""")
+    # The page's defaults: 4 images of the first class, 8x8 digits shown enlarged to 128 x 128.
+    assert [(image["width"], image["height"]) for image in shown] == [(128, 128)] * 4
+    # The page's defaults (class 0, 4 per class, guidance 1.5, DDPM, seed 0) with 20 steps, through the API.
+    wanted, _ = live.client().predict(["0"], 4, 1.5, 20, DDPM, 0, False, api_name="/generate")
+    for shown_image, (image, _) in zip(shown, gallery_images(wanted)):
+        np.testing.assert_array_equal(np.array(shown_image["rgba"], np.uint8).reshape(128, 128, 4)[..., :3], image)
     assert not elsewhere, f"the page fetched from outside the local server (fails offline): {elsewhere}"
 
     page.locator("#steps input").fill("5000")
