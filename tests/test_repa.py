@@ -15,7 +15,6 @@ from dico.data import DigitsDataset, LatentDataset, build_dataset, extract_laten
 from dico.data.folders import ImageFolderDataset, augment_generator
 from dico.data.latents import DONE, META, open_moments, open_repa_features
 from dico.data.vae import check_vae_matches, decode_latents, latent_normalization
-from dico.diffusion import create_diffusion
 from dico.models import create_model
 from dico.repa import (DigitsPatchEncoder, RepaConfig, RepaLoss, feature_module, load_encoder, repa_dataset,
                        repa_weight_at, resize_tokens, save_encoder_file, train_digits_encoder)
