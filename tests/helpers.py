@@ -36,3 +36,21 @@ def save_tiny_vae(path, latent_channels: int = 4):
                         up_block_types=("UpDecoderBlock2D",) * 2)
     vae.save_pretrained(path)
     return path
+
+
+def save_tiny_checkpoint(path, std: float = 0.0, **entries):
+    """A tiny pixel-space digits-like DiCo (8x8 grey, 10 classes) saved as one of our checkpoints, with extra
+    `entries`; untrained, or with every weight drawn from N(0, std^2) (seeded) so that labels change the output."""
+    from dico.checkpoints import atomic_save
+    from dico.models import build_model, model_spec
+
+    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, **TINY)
+    network = build_model(spec)
+    if std:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in network.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
+                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, **entries}, path)
+    return path

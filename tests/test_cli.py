@@ -210,17 +210,61 @@ def test_bad_values_are_refused_by_the_parser():
 
 
 # ------------------------------------------------------------------------------- the dataclasses behind the flags
-def test_sample_config_holds_every_sampling_option_with_its_default():
-    from dico.sampling import SampleConfig, SamplingOptions
+# Every sampling option with a value other than its default, as `dico sample` flags.
+SAMPLING_FLAGS = {
+    "method": (["--method", "ddim"], "ddim"), "steps": (["--steps", "7"], 7),
+    "cfg_scale": (["--cfg-scale", "2.5"], 2.5), "guidance_channels": (["--guidance-channels", "all"], "all"),
+    "guidance_interval": (["--guidance-interval", "0.25,0.75"], (0.25, 0.75)), "eta": (["--eta", "0.5"], 0.5),
+    "seed": (["--seed", "11"], 11), "batch_size": (["--batch-size", "3"], 3), "sampler": (["--sampler", "sde"], "sde"),
+    "atol": (["--atol", "1e-5"], 1e-5), "rtol": (["--rtol", "1e-4"], 1e-4), "shift": (["--shift", "3"], 3.0),
+    "diffusion_form": (["--diffusion-form", "SBDM"], "SBDM"), "diffusion_norm": (["--diffusion-norm", "2"], 2.0),
+    "last_step": (["--last-step", "Tweedie"], "Tweedie"), "last_step_size": (["--last-step-size", "0.1"], 0.1),
+    "cache_interval": (["--cache-interval", "2"], 2), "cache_depth": (["--cache-depth", "2"], 2),
+    "cache_guidance": (["--no-cache-guidance"], False),
+}
+
+
+def test_sample_config_holds_every_sampling_option_with_its_default(tmp_path, capsys, monkeypatch):
+    """Every SamplingOptions field is a `dico sample` flag whose help shows its default, and `dico sample` hands the
+    sampler the options the flags say (the defaults when none is typed)."""
+    from dico.sampling import SamplingOptions, sample
+    from helpers import save_tiny_checkpoint
+
+    options = dataclasses.fields(SamplingOptions)
+    assert set(SAMPLING_FLAGS) == {f.name for f in options}  # a new option needs a row above
+    monkeypatch.setenv("COLUMNS", "200")
+    entries = flag_help(help_text("sample", capsys))
+    for f in options:
+        flag, value = SAMPLING_FLAGS[f.name]
+        assert value != f.default, f.name  # so that a flag the sampler never sees shows below
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+        assert entries[flag[0].replace("--no-", "--")].endswith(f"(default: {shown})"), f.name
+
+    received = []
+
+    def sampler(model, space, indices, labels, options, *args, **kwargs):  # stands in for dico.sampling.generate
+        received.append(options)
+        return np.zeros((len(indices), space.resolution, space.resolution, 3), np.uint8)
+
+    monkeypatch.setitem(sample.__globals__, "generate", sampler)
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    as_dict = lambda o: {f.name: getattr(o, f.name) for f in options}  # noqa: E731
+    flags = [word for flag, _ in SAMPLING_FLAGS.values() for word in flag]
+    changed = SamplingOptions(**{name: value for name, (_, value) in SAMPLING_FLAGS.items()})
+    for typed, expected in ([], SamplingOptions()), (flags, changed):
+        received.clear()
+        assert main(["sample", "--ckpt", str(checkpoint), "--out", str(tmp_path / "s.png"), "--num-samples", "2",
+                     "--device", "cpu", *typed]) == 0
+        assert len(received) == 1, "dico sample no longer samples through dico.sampling.generate: follow it here"
+        assert as_dict(received[0]) == as_dict(expected)
+
+
+def test_sample_choices_are_the_transports():
+    from dico.sampling import SamplingOptions
     from dico.transport import DIFFUSION_FORMS
     from dico.transport.sampler import LAST_STEPS
 
-    sample = {f.name: f for f in dataclasses.fields(SampleConfig)}
-    from_objective = {"noise_schedule", "diffusion_steps"}  # what the checkpoint was trained with
-    for f in dataclasses.fields(SamplingOptions):
-        if f.name not in from_objective:
-            assert sample[f.name].default == f.default, f.name
-    hints = typing.get_type_hints(SampleConfig)
+    hints = typing.get_type_hints(SamplingOptions)
     assert typing.get_args(hints["diffusion_form"]) == DIFFUSION_FORMS
     assert {*typing.get_args(typing.get_args(hints["last_step"])[0]), None} == set(LAST_STEPS)
 

@@ -19,6 +19,7 @@ from dico.models import build_model, model_spec  # noqa: E402
 from dico.objectives import DDPMObjective  # noqa: E402
 from dico.pipelines import pipeline_from_network, save_pipeline  # noqa: E402
 from dico.sampling import OutputSpace  # noqa: E402
+from helpers import save_tiny_checkpoint  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -153,11 +154,26 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     page.locator("#generate").click()
     page.locator("#gallery img").first.wait_for(timeout=60_000)
     page.get_by_text("images in").first.wait_for(timeout=30_000)
-    assert page.locator("#gallery img").count() >= 4  # the default: 4 images of the first class
     shot = artifact(tmp_path, "dico-demo.png")
     page.screenshot(path=str(shot), full_page=True)
     keep(shot)
-    assert Image.open(shot).size[0] == 1280
+    # What the browser decoded: the pixels of every gallery image, read back through a canvas.
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete)")
+    shown = page.locator("#gallery img").evaluate_all("""images => images.map(image => {
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth;
+        canvas.height = image.naturalHeight;
+        const context = canvas.getContext("2d");
+        context.drawImage(image, 0, 0);
+        return {width: image.naturalWidth, height: image.naturalHeight,
+                rgba: Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data)};
+    })""")
+    # The page's defaults: 4 images of the first class, 8x8 digits shown enlarged to 128 x 128.
+    assert [(image["width"], image["height"]) for image in shown] == [(128, 128)] * 4
+    # The page's defaults (class 0, 4 per class, guidance 1.5, DDPM, seed 0) with 20 steps, through the API.
+    wanted, _ = live.client().predict(["0"], 4, 1.5, 20, DDPM, 0, False, api_name="/generate")
+    for shown_image, (image, _) in zip(shown, gallery_images(wanted)):
+        np.testing.assert_array_equal(np.array(shown_image["rgba"], np.uint8).reshape(128, 128, 4)[..., :3], image)
     assert not elsewhere, f"the page fetched from outside the local server (fails offline): {elsewhere}"
 
     page.locator("#steps input").fill("5000")
@@ -171,21 +187,33 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
     keep(shot)
 
 
-def save_tiny_checkpoint(path, **entries):
-    """A tiny pixel-space digits-like DiCo saved as one of our checkpoints, with extra `entries`."""
-    from dico.checkpoints import atomic_save
-
-    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, hidden_size=16, depth=[1, 1, 1, 1, 1])
-    network = build_model(spec)
-    atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
-                 "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, **entries}, path)
-    return path
-
-
 def test_demo_builds_from_a_checkpoint_path(tmp_path):
-    path = save_tiny_checkpoint(tmp_path / "0000001.pt", config={"data": None})
+    """The page built from a checkpoint offers the checkpoint's class names and the samplers of its objective, and
+    its generate function gives the pipeline's images for the same labels, seed and sampler."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from dico.pipelines import load_pipeline
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    path = save_tiny_checkpoint(tmp_path / "0000001.pt", std=0.05, config={"data": None}, class_names=names)
     demo = build_demo(path, device="cpu")
     assert demo.title == "DiCo demo"
+    component = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert [value for _, value in component["classes"].choices] == names
+    assert [value for _, value in component["sampler"].choices] == list(SAMPLERS)  # a DDPM model: DDPM's samplers
+
+    pipe = load_pipeline(path)
+    pipe.set_progress_bar_config(disable=True)
+    for sampler in (DDPM, DPM):
+        if sampler == DPM:
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        gallery, status = demo(["three", "seven"], 1, 2.0, 4, sampler, 5, False, api_name="generate")
+        got = gallery_images(gallery)
+        assert [caption for _, caption in got] == ["three", "seven"] and "seed 5" in status
+        expected = pipe([3, 7], guidance_scale=2.0, num_inference_steps=4, seed=5).images
+        for (image, _), want in zip(got, expected):
+            np.testing.assert_array_equal(image[::16, ::16], np.asarray(want.convert("RGB")))  # shown 16x enlarged
+            assert image.shape == (128, 128, 3)
 
 
 def test_a_flow_model_gets_the_flow_matching_samplers(tmp_path):

@@ -53,10 +53,23 @@ def test_cfg_on_all_channels_guides_every_noise_channel(official, official_model
     assert torch.equal(out[:, 4:], plain[:, 4:])  # the variance channels are never guided
 
 
-def test_official_state_dict_loads_strictly_into_a_named_size():
-    official_like = meta_model("DiCo-S").state_dict()
-    model = meta_model("DiCo-S")
-    model.load_state_dict(official_like, strict=True, assign=True)
+def official_state_dict(name) -> dict:
+    """An official checkpoint's state dict for `name` as the release writes it: its exact names and shapes (meta
+    tensors: no memory, no values)."""
+    return {k: torch.empty(shape, device="meta") for k, shape in OFFICIAL_SHAPES[name].items()}
+
+
+@pytest.mark.parametrize("name", DICO_NAMES)
+def test_official_state_dict_loads_strictly_into_a_named_size(name):
+    from dico.checkpoints import infer_spec
+
+    official = official_state_dict(name)
+    model = meta_model(name)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: v.shape for k, v in official.items()}
+    result = model.load_state_dict(official, strict=True, assign=True)  # raises on any missing, extra or misshapen key
+    assert not result.missing_keys and not result.unexpected_keys
+    # The size is recognised from the weights alone, as dico.load_pretrained does for official files.
+    assert infer_spec(official) == model.spec and model.spec["name"] == name
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (16, 24), (8, 8)])

@@ -15,7 +15,6 @@ from dico.data import DigitsDataset, LatentDataset, build_dataset, extract_laten
 from dico.data.folders import ImageFolderDataset, augment_generator
 from dico.data.latents import DONE, META, open_moments, open_repa_features
 from dico.data.vae import check_vae_matches, decode_latents, latent_normalization
-from dico.diffusion import create_diffusion
 from dico.models import create_model
 from dico.repa import (DigitsPatchEncoder, RepaConfig, RepaLoss, feature_module, load_encoder, repa_dataset,
                        repa_weight_at, resize_tokens, save_encoder_file, train_digits_encoder)
@@ -160,51 +159,36 @@ def test_haste_stops_alignment_at_the_stop_step():
         RepaConfig(resize="nearest")
 
 
-def test_a_repa_training_step_resumes_exactly_from_the_model_and_projector_state():
-    """What the trainer does per micro-batch: diffusion loss + weight * alignment loss, one optimiser over the model
-    and the projector; a resume from their state dicts continues bit for bit."""
-    diffusion = create_diffusion("", learn_sigma=True)
-    data = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    targets = torch.randn(4, 16, 6, generator=torch.Generator().manual_seed(4))
-    config = RepaConfig(enabled=True, projector_dim=8, stop_step=3)
+def test_a_repa_training_step_resumes_exactly_from_the_model_and_projector_state(tmp_path):
+    """dico's trainer with REPA on the digits (their teacher's tokens): 4 steps straight, or 2 and a resume to 4,
+    end in the same model, EMA, optimizer and projector state, bit for bit; the resumed half crosses the HASTE stop
+    (step 3), so the alignment weight, not just the state, is picked up again at the right step."""
+    from dico.training import train
+    from helpers import tiny_run_config
 
-    def build(state=None):
-        model = tiny_dico()
-        model.y_embedder.drop_in_forward = False  # label dropout off the global RNG, as the trainer does
-        repa = RepaLoss(model, config, 6)
-        opt = torch.optim.AdamW([*model.parameters(), *repa.projector.parameters()], lr=1e-3)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            repa.projector.load_state_dict(state["repa_projector"])
-            opt.load_state_dict(state["opt"])
-        return model, repa.attach(model), opt
+    def config(results, **changes):
+        return tiny_run_config(results, repa_encoder="digits", repa_layer="encoder_level_1", repa_projector_dim=16,
+                               repa_stop_step=3, **changes)
 
-    def steps(model, repa, opt, start, end):
-        for step in range(start, end):
-            g = torch.Generator().manual_seed(step)
-            t = torch.randint(0, 1000, (4,), generator=g)
-            noise = torch.randn(data.shape, generator=g)
-            opt.zero_grad(set_to_none=True)
-            loss = diffusion.training_losses(model, data, t, {"y": torch.arange(4)}, noise=noise)["loss"].mean()
-            weight = config.weight_at(step)
-            if weight > 0:
-                loss = loss + weight * repa(targets)
-            else:
-                repa.take_feature()  # after the stop the captured map is dropped unused (or: repa.detach())
-            loss.backward()
-            opt.step()
-
-    straight = build()
-    steps(*straight, 0, 5)
-    first = build()
-    steps(*first, 0, 2)
-    state = {"model": first[0].state_dict(), "repa_projector": first[1].projector.state_dict(),
-             "opt": first[2].state_dict()}
-    resumed = build(state)
-    steps(*resumed, 2, 5)
-    for a, b in zip([*straight[0].state_dict().values(), *straight[1].state_dict().values()],
-                    [*resumed[0].state_dict().values(), *resumed[1].state_dict().values()]):
-        assert torch.equal(a, b)
+    straight = train(config(tmp_path / "straight"), progress=False, write_grid=False)
+    halfway = train(config(tmp_path / "resumed", max_steps=2), progress=False, write_grid=False)
+    resumed = train(config(tmp_path / "resumed"), resume="auto", progress=False, write_grid=False)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema", "repa_projector"):
+        assert a[key].keys() == b[key].keys(), key
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["opt"]["param_groups"] == b["opt"]["param_groups"]
+    assert a["opt"]["state"].keys() == b["opt"]["state"].keys()
+    for index, state in a["opt"]["state"].items():  # Adam's moments and step count of every parameter
+        assert state.keys() == b["opt"]["state"][index].keys()
+        assert all(torch.equal(value, b["opt"]["state"][index][name]) for name, value in state.items()), index
+    # The projector is really trained: it moved between the two halves (at step 2, before the stop), and the
+    # optimizer holds its parameters beside the model's.
+    first = torch.load(halfway, weights_only=True)
+    assert any(not torch.equal(first["repa_projector"][k], a["repa_projector"][k]) for k in a["repa_projector"])
+    model = create_model(a["spec"]["name"], **a["spec"]["config"])
+    assert len(a["opt"]["state"]) == len(list(model.parameters())) + len(a["repa_projector"])
 
 
 # ---------------------------------------------------------------------------------------------------- encoders
