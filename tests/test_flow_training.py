@@ -66,7 +66,7 @@ def test_flow_and_ddpm_runs_differ(tmp_path):
         results = tmp_path / objective
         run = train(flow_config(results, objective=objective, data=str(folder), image_size=8, max_steps=1,
                                 log_every=1, ckpt_every=1), progress=False, write_grid=False)
-        assert load_pretrained(run).objective["kind"] == objective
+        assert load_pretrained(run).objective.to_dict()["kind"] == objective
         return json.loads((results / "log.jsonl").read_text().splitlines()[0])["loss"]
 
     config = flow_config(tmp_path)
