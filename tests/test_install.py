@@ -19,16 +19,24 @@ from dico.extras import DISTRIBUTION, install_line
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(dico.__file__).parent
 EXTRA_ONLY = {"gradio", "gradio-client", "playwright", "pytest", "pytest-timeout", "timm"}
-# Prepended to each child's code: importing any of BLOCKED fails as it does where the package is not installed.
+# Prepended to each child's code: every finder of modules is wrapped so that it finds none of BLOCKED, so importing
+# one fails, and importlib.util.find_spec answers None, as they do where the package is not installed.
 BLOCKER = textwrap.dedent("""\
     import sys
 
     class NotInstalled:
+        def __init__(self, finder):
+            self.finder = finder
+
         def find_spec(self, name, path=None, target=None):
             if name.partition(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+            return self.finder.find_spec(name, path, target)
 
-    sys.meta_path.insert(0, NotInstalled())
+        def __getattr__(self, name):
+            return getattr(self.finder, name)
+
+    sys.meta_path[:] = [NotInstalled(finder) for finder in sys.meta_path]
     """)
 
 
@@ -107,35 +115,37 @@ def test_dico_demo_without_gradio_names_the_extra_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_timm_encoder_without_timm_names_the_extra(tmp_path):
-    done = without({"timm"}, """
+def test_every_command_starts_without_the_extras(tmp_path):
+    runs = [["--help"], *([name, "--help"] for name in COMMANDS), ["info", "DiCo-S"]]
+    done = without(EXTRA_ONLY | {"gradio_client"}, f"""
+        from dico.cli import main
+        for args in {runs!r}:
+            try:
+                code = main(args)
+            except SystemExit as done:  # --help of a command
+                code = done.code
+            print("exit", code, *args, file=sys.stderr)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("exit ")] == [
+        f"exit 0 {' '.join(args)}" for args in runs]
+    assert "DiCo-S" in done.stdout and "usage: dico demo" in done.stdout
+
+
+def test_the_library_works_without_the_extras_and_a_timm_encoder_names_its_extra(tmp_path):
+    done = without(EXTRA_ONLY | {"gradio_client"}, """
+        import dico
+        from dico.evaluation import inception
+        from dico.pipelines import DiCoPipeline
         from dico.repa.encoders import load_encoder
+        from dico.training import preset
+        print(dico.create_model("DiCo-Tiny").__class__.__name__, "gradio" in sys.modules)
         try:
             load_encoder("timm:vit_small_patch14_dinov2.lvd142m")
         except ImportError as err:
             print(type(err).__name__, err)
         """, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (f"MissingExtra the encoder timm:vit_small_patch14_dinov2.lvd142m needs timm: "
-                                   f"{install_line('timm')}")
-
-
-@pytest.mark.parametrize("args", [["--help"], *([name, "--help"] for name in COMMANDS), ["info", "DiCo-S"]],
-                         ids=" ".join)
-def test_every_command_starts_without_the_extras(args, tmp_path):
-    done = without(EXTRA_ONLY | {"gradio_client"}, dico_command(args), tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip()
-
-
-def test_the_library_imports_without_the_extras(tmp_path):
-    done = without(EXTRA_ONLY | {"gradio_client"}, """
-        import dico
-        from dico.pipelines import DiCoPipeline
-        from dico.training import preset
-        from dico.sampling import SampleConfig
-        from dico.evaluation import inception
-        print(dico.create_model("DiCo-Tiny").__class__.__name__, "gradio" in sys.modules)
-        """, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["DiCo", "False"]
+    assert done.stdout.splitlines() == [
+        "DiCo False",
+        f"MissingExtra the encoder timm:vit_small_patch14_dinov2.lvd142m needs timm: {install_line('timm')}"]
