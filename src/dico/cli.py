@@ -20,6 +20,7 @@ from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, Ex
                      InfoConfig, SampleConfig, TrainCommand)
 from .options import read_yaml, to_yaml, with_values
 from .cpu_allocator import tune_glibc_malloc
+from .extras import MissingExtra
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values
                      "tracebacks).")
 # What the user asked for cannot be done (bad values or files, a full disk, a diverging run): one line and exit 2.
 # Anything else is a bug: a short note and exit 1. dico.checkpoints.CheckpointError is a ValueError and
-# dico.training.NonFiniteError an ArithmeticError.
-INPUT_ERRORS = (ValueError, OSError, ArithmeticError)
+# dico.training.NonFiniteError an ArithmeticError; MissingExtra names the pip line that installs an optional part.
+INPUT_ERRORS = (ValueError, OSError, ArithmeticError, MissingExtra)
 BUGS = (ZeroDivisionError,)
 
 

@@ -38,7 +38,8 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 # A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
 LOADER_MODULE = "dico_pipeline"
 LOADER_SOURCE = '''"""Lets `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` load this folder: the
-pipeline is dico's own (pip install dico). `dico.pipelines.DiCoPipeline.from_pretrained(folder)` needs no remote code."""
+pipeline is dico's own (pip install dico-diffusion).
+`dico.pipelines.DiCoPipeline.from_pretrained(folder)` needs no remote code."""
 
 from dico.pipelines import DiCoPipeline
 

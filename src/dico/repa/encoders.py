@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..extras import require
 from .digits import DIGITS_ENCODER, load_digits_encoder
 from .patch_encoder import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, file_digest, read_encoder_file
 
@@ -90,10 +91,7 @@ def _hub_encoder(name: str, input_size: int) -> PatchEncoder:
 
 
 def _timm_encoder(name: str, input_size: int) -> PatchEncoder:
-    try:
-        import timm
-    except ImportError as err:
-        raise ImportError(f"the encoder {name} needs timm: pip install timm") from err
+    timm = require("timm", "timm", f"the encoder {name}")
     model_name = name[len("timm:"):]
     try:
         try:  # ViTs: position embeddings resampled to REPA's input size; other models take any size
