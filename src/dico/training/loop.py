@@ -247,11 +247,6 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     results = Path(config.results_dir)
     check_writable_dir("results_dir", results)
     point = resume_point(resume, results)
-    existing = newest_checkpoint(results)
-    if point is None and existing is not None:
-        # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
-        raise ValueError(f"{results} already holds checkpoints (newest: {existing.name}); continue "
-                         "with --resume auto, or choose another --results-dir")
     if resume == "auto" and point is None and env.main:
         print(f"--resume auto: no checkpoint in {checkpoint_dir(results)}, starting a fresh run")
     dataset, facts = build_dataset(config.data, image_size=config.image_size, seed=config.seed, vae=config.vae,
@@ -305,6 +300,13 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     batches = StepBatches(len(dataset), config.global_batch, micro, env, config.seed, state.step, config.max_steps)
     loader = DataLoader(KeyedItems(dataset), batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
+
+    # Only now the results folder: every option above is checked first, so that a bad one gets its own message.
+    existing = newest_checkpoint(results)
+    if point is None and existing is not None:
+        # A fresh run would overwrite these checkpoints step by step: refuse rather than lose them.
+        raise ValueError(f"{results} already holds checkpoints (newest: {existing.name}); continue "
+                         "with --resume auto, or choose another --results-dir")
 
     # Everything checked: from here on the run writes.
     if env.main:
