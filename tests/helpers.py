@@ -1,5 +1,9 @@
 """Helpers the tests share (imported by test modules and conftest alike)."""
 
+import contextlib
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import torch
@@ -54,3 +58,74 @@ def save_tiny_checkpoint(path, std: float = 0.0, **entries):
     atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
                  "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}, **entries}, path)
     return path
+
+
+# --- child processes: started in their own process group, and gone, grandchildren included, when the test ends ----
+
+def descendants(pid: int) -> list:
+    """The processes below `pid` (children, their children, ...), read from /proc; [] where there is no /proc."""
+    children = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces and parentheses
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_quietly(send, target, sig) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        send(target, sig)
+
+
+def kill_process_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`, its process group and every process below it, then reap `proc`. torchrun starts each worker
+    in a session of its own, so its group alone would leave them running: the tree is frozen first (SIGSTOP, until
+    no new process appears), so that none escapes by being re-parented while the others die."""
+    frozen = set()
+    if proc.returncode is None:  # not reaped yet, so its pid is still its own (running or a zombie)
+        _signal_quietly(os.killpg, proc.pid, signal.SIGSTOP)
+        frozen.add(proc.pid)
+        while new := [pid for pid in descendants(proc.pid) if pid not in frozen]:
+            for pid in new:
+                _signal_quietly(os.kill, pid, signal.SIGSTOP)
+            frozen.update(new)
+    for pid in frozen:
+        _signal_quietly(os.killpg, pid, signal.SIGKILL)  # a worker's own session, where it leads one
+        _signal_quietly(os.kill, pid, signal.SIGKILL)
+    _signal_quietly(os.killpg, proc.pid, signal.SIGKILL)  # what is left in its group after it exited
+    proc.wait()
+
+
+@contextlib.contextmanager
+def child_process(cmd, **popen_options):
+    """`subprocess.Popen(cmd, ...)` in a process group of its own; however the block ends (an assertion, a timeout,
+    an interrupt), the child and everything it started are killed before the test goes on."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen_options)
+    try:
+        yield proc
+    finally:
+        kill_process_tree(proc)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run_child(cmd, timeout: float, **popen_options) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True, timeout=...)` that leaves nothing running: past the
+    timeout, or when the child exits leaving processes behind (torchrun's workers), the whole tree is killed."""
+    with child_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_options) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            kill_process_tree(proc)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, out, err) from expired
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -4,7 +4,6 @@ and the latent data set, each checked against an independent computation."""
 import json
 import os
 import pickle
-import subprocess
 import sys
 from dataclasses import replace
 
@@ -20,7 +19,7 @@ from dico.data import (DataFacts, ImageFolderDataset, LatentDataset, build_datas
                        read_meta, resolve_vae, scan_image_folder)
 from dico.data.latents import DONE, META, PLAN, create_latent_files, open_moments, write_json_atomic
 from dico.training import preset, train
-from helpers import save_tiny_vae
+from helpers import run_child, save_tiny_vae
 
 TINY_MODEL = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}
 SIZE = 16  # image size of the extraction tests; the tiny VAE halves it once -> 8x8 latents
@@ -266,7 +265,7 @@ def test_two_processes_extract_what_one_does(extracted, class_folder, vae_dir, t
            "extract-latents", "--data", str(class_folder), "--out", str(out), "--image-size", str(SIZE),
            "--vae", str(vae_dir), "--batch-size", "2", "--num-workers", "0", "--dtype", "float32", "--device", "cpu",
            "--no-progress"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_child(cmd, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two, one = json.loads((out / META).read_text()), json.loads((extracted / META).read_text())
     statistics = ("latent_mean", "latent_std")  # measured on the moments, which agree to float rounding (below)

@@ -28,7 +28,7 @@ from dico.models import build_model, model_spec
 from dico.objectives import DDPMObjective
 from dico.sampling import OutputSpace, SamplingOptions, generate, sample_to_npz
 from dico.training import NonFiniteError, TrainingInterrupted, newest_checkpoint, train
-from helpers import TINY, tiny_run_config
+from helpers import TINY, child_process, tiny_run_config
 
 run_config = tiny_run_config
 
@@ -111,14 +111,14 @@ def test_an_error_between_steps_saves_an_emergency_checkpoint(uninterrupted, tmp
 def test_sigterm_to_the_command_saves_and_exits_with_a_message(tmp_path):
     cmd = [sys.executable, "-m", "dico.cli", "train", "--model-options", json.dumps(TINY), "--results-dir",
            str(tmp_path), "--max-steps", "100000", "--global-batch", "8", "--ckpt-every", "100000", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = tmp_path / "log.jsonl"
-    deadline = time.time() + 120
-    while not (log.exists() and log.read_text().strip()) and time.time() < deadline:  # training has begun
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    with child_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}) as proc:
+        deadline = time.time() + 120
+        while not (log.exists() and log.read_text().strip()) and time.time() < deadline:  # training has begun
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     saved = newest_checkpoint(tmp_path)
@@ -444,16 +444,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
 
 
 def test_ctrl_c_in_sample_is_one_line(tiny_checkpoint, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "dico.cli", "sample", "--ckpt", str(tiny_checkpoint), "--steps",
-                             "1000", "--num-samples", "64", "--batch-size", "8", "--out", str(tmp_path / "s.npz")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     parts = tmp_path / "s.npz.parts"
-    deadline = time.time() + 120
-    while not (parts / "settings.json").exists() and time.time() < deadline:  # sampling has begun
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    with child_process([sys.executable, "-m", "dico.cli", "sample", "--ckpt", str(tiny_checkpoint), "--steps", "1000",
+                        "--num-samples", "64", "--batch-size", "8", "--out", str(tmp_path / "s.npz")],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}) as proc:
+        deadline = time.time() + 120
+        while not (parts / "settings.json").exists() and time.time() < deadline:  # sampling has begun
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "dico sample: interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "s.npz").exists()  # no half file; finished shards stay for the rerun

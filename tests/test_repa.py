@@ -482,8 +482,9 @@ def test_tokens_are_added_to_a_finished_extraction_without_running_the_vae_again
 
 def test_two_processes_extract_the_tokens_one_does(extracted, folder, kl8_dir, vit_file, tmp_path):
     import os
-    import subprocess
     import sys
+
+    from helpers import run_child
 
     script = tmp_path / "run.py"
     script.write_text(
@@ -492,8 +493,8 @@ def test_two_processes_extract_the_tokens_one_does(extracted, folder, kl8_dir, v
         f"repa_encoder=load_encoder({str(vit_file)!r}, {SIZE}), **{SETTINGS!r})\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "two"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    done = run_child([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                      str(script), str(out)], env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_allclose(open_repa_features(out).astype(np.float32),
                                open_repa_features(extracted).astype(np.float32), rtol=0, atol=1e-3)

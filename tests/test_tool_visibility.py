@@ -2,7 +2,6 @@
 (fullgraph) or DDP."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -11,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dico.models import DiCo, create_model
+from helpers import run_child
 
 
 def random_model(**kwargs):
@@ -123,7 +123,7 @@ def test_ddp_takes_gradients_in_the_parameters_layout(tmp_path, layout):
     script.write_text(DDP_STEP)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), layout]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_child(cmd, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.count("stepped") == 2, done.stderr[-3000:]
     if layout == "as-built":  # no gradient reaches DDP in another layout than its parameter's: no copy, no warning
         assert done.stdout.count("mismatched: 0") == 2, done.stdout

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 import dico
 from dico.cli import main as cli
 from dico.training import train
-from helpers import TINY, tiny_run_config
+from helpers import TINY, run_child, tiny_run_config
 
 run_config = tiny_run_config
 
@@ -76,7 +75,7 @@ def test_two_processes_match_one_at_the_same_global_batch(reference, tmp_path):
            "train", "--model", "DiCo-Tiny", "--model-options", json.dumps(TINY), "--results-dir", str(tmp_path),
            "--max-steps", "4", "--global-batch", "8", "--lr", "1e-3", "--ema-decay", "0.9", "--log-every", "2",
            "--ckpt-every", "2", "--num-workers", "0", "--no-progress", "--grid-steps", "3"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = run_child(cmd, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "checkpoints" / "0000004.pt"
     assert torch.load(two, weights_only=True)["world"] == 2
