@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $@
 
+# --resume auto: a second `make demo` continues (or, finished, redraws the grid of) the run in results/ instead of
+# refusing to overwrite its checkpoints.
 demo: install
-	$(VENV)/bin/dico train
+	$(VENV)/bin/dico train --resume auto
 
 test: install
 	$(VENV)/bin/python -m pytest -q
