@@ -36,6 +36,7 @@ PATH_LIST_VARIABLES = ("PYTHONPATH",)
 READ_ON_IMPORT = ("torch", "huggingface_hub", "diffusers", "gradio", "gradio_client", "matplotlib", "triton")
 
 SESSION: Path | None = None  # the session folder, while the run lasts
+OWN_BASETEMP = True  # pytest's tmp_path folders are inside it (false when the user passed --basetemp)
 
 
 def session_folder() -> Path:
@@ -55,7 +56,7 @@ def absolute_paths(variables=PATH_VARIABLES, lists=PATH_LIST_VARIABLES, environ=
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path factory reads --basetemp
 def pytest_configure(config):
-    global SESSION
+    global SESSION, OWN_BASETEMP
     early = [name for name in READ_ON_IMPORT if name in sys.modules]
     if early:  # a plugin imported them first: their import-time paths would escape the session folder
         raise pytest.UsageError(f"tests/conftest.py: {', '.join(early)} imported before the test session set its "
@@ -66,7 +67,8 @@ def pytest_configure(config):
         (SESSION / sub).mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(SESSION / sub)
     tempfile.tempdir = None  # gettempdir() caches its answer: ask TMPDIR again
-    if config.option.basetemp is None:  # an explicit --basetemp is the user's to keep
+    OWN_BASETEMP = config.option.basetemp is None  # an explicit --basetemp is the user's to keep
+    if OWN_BASETEMP:
         config.option.basetemp = str(SESSION / "pytest")
 
 
