@@ -197,7 +197,7 @@ def test_bad_arguments_are_refused_clearly(pipe):
         pipe([1], seed=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="output_type"):
         pipe([1], seed=0, output_type="jpeg")
-    with pytest.raises(ValueError, match=r"lie in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"class ids in \[0, 10\), got 10"):
         pipe([10], seed=0)
     with pytest.raises(ValueError, match="num_inference_steps"):
         pipe([1], seed=0, num_inference_steps=0)

@@ -116,7 +116,7 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
         cli(["sample", "--ckpt", str(checkpoint), "--out", str(tmp_path / "x.jpg")])
     assert refused.value.code == 2 and "--out must end in .png" in capsys.readouterr().err
     assert cli(["sample", "--ckpt", str(checkpoint), "--classes", "12", "--out", str(tmp_path / "x.png")]) == 2
-    assert "--classes must lie in [0, 10)" in capsys.readouterr().err
+    assert "--classes (class_labels) must be integer class ids in [0, 10), got 12" in capsys.readouterr().err
 
 
 def test_guidance_interval_guides_only_inside_it(model):
