@@ -5,6 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .interrupts import stop_if_signalled
+
 
 def cache_dir() -> Path:
     """$DICO_CACHE_DIR, else $XDG_CACHE_HOME/dico, else ~/.cache/dico."""
@@ -24,6 +26,7 @@ def atomic_write(path, write, suffix: str = "") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
+        stop_if_signalled()  # a swallowed Ctrl-C must not make the output final
         replace_with(partial, path)
     except BaseException:
         remove(partial)

@@ -23,6 +23,7 @@ import torch
 
 from .cache import atomic_write
 from .data import OutputSpace, check_vae_matches, resolve_vae
+from .interrupts import stop_if_signalled
 from .models import MODELS, build_model, model_spec
 from .objectives import Objective, objective_from_dict
 from .options import check_new_output
@@ -464,6 +465,7 @@ def atomic_save(obj, path) -> None:
                               f"{str(err).strip().splitlines()[0]}") from err
             f.flush()
             os.fsync(f.fileno())
+        stop_if_signalled()  # a swallowed Ctrl-C must not make the file final
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,81 @@
+"""How a dico command stops on SIGINT (Ctrl-C) and SIGTERM (`kill`, schedulers before preemption): the same way at
+any moment, as one line and exit 130 or 143, with nothing half-written.
+
+Both signals raise a KeyboardInterrupt in the main thread (`Terminated` for SIGTERM), so every cleanup written for
+Ctrl-C (temporary files removed, emergency checkpoints) serves both. Python loses such an exception where it cannot
+propagate: raised inside a weakref callback, a __del__ or a C++ destructor during an import, it is printed as
+"Exception ignored ..." (or not at all) and the program carries on. The handlers therefore also remember the signal,
+and `stop_if_signalled()` raises it again at the safe points: right before an output is renamed into place, and
+before a command reports success.
+"""
+
+import signal
+import threading
+from contextlib import contextmanager
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stop as Ctrl-C stops."""
+
+
+MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+_received = []  # the signals that arrived while the handlers were installed (signals are per process, so is this)
+
+
+def exception_for(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def signal_of(stop: KeyboardInterrupt) -> int:
+    return signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+
+
+def message(signum: int) -> str:
+    """'interrupted' (SIGINT) or 'terminated' (SIGTERM)."""
+    return MESSAGES[signum]
+
+
+def exit_code(signum: int) -> int:
+    """128 + the signal number, as shells report a process that a signal stopped: 130 or 143."""
+    return 128 + int(signum)
+
+
+def _handle(signum, frame):
+    _received.append(signum)
+    raise exception_for(signum)
+
+
+def received():
+    """The first signal that arrived while the handlers were installed, or None."""
+    return _received[0] if _received else None
+
+
+def stop_if_signalled() -> None:
+    """Raise the remembered signal again (KeyboardInterrupt or Terminated), if one arrived; a no-op otherwise and
+    outside `stop_on_signals`. Call it right before making an output final, so a signal that some library swallowed
+    never lets a run the user stopped report success."""
+    if _received:
+        raise exception_for(_received[0])
+
+
+@contextmanager
+def stop_on_signals(then_ignore: bool = False):
+    """While active, SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated, and both are remembered for
+    `stop_if_signalled`; the previous handlers come back after, or with `then_ignore` (a program about to exit, its
+    work done or its error reported) the signals are ignored from then on. A signal the process was started to ignore (nohup,
+    `cmd &` in a script) stays ignored. Outside the main thread, where Python cannot install handlers, nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = {}
+    for signum in MESSAGES:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if then_ignore else handler)
+        _received.clear()
