@@ -81,6 +81,19 @@ def test_a_swallowed_signal_is_raised_again_and_keeps_the_output_from_being_made
     assert list(tmp_path.iterdir()) == []  # neither the output nor its partial file
 
 
+def test_a_signal_during_an_import_is_raised_just_after_it(tmp_path, monkeypatch):
+    # Cut short, a module would stay half-built in sys.modules (and torch's C++ cannot unwind through its import).
+    (tmp_path / "signalled_while_imported.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nfor _ in range(10 ** 6):\n    pass\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with interrupts.stop_on_signals():
+        with pytest.raises(KeyboardInterrupt):
+            import signalled_while_imported  # noqa: F401
+            for _ in range(1000):  # the handler asks for the signal again every DEFER_S seconds
+                time.sleep(interrupts.DEFER_S)
+    assert sys.modules.pop("signalled_while_imported").DONE  # the import ran to its end
+
+
 def test_a_signal_ignored_at_start_stays_ignored():
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:

@@ -7,10 +7,18 @@ propagate: raised inside a weakref callback, a __del__ or a C++ destructor durin
 "Exception ignored ..." (or not at all) and the program carries on. The handlers therefore also remember the signal,
 and `stop_if_signalled()` raises it again at the safe points: right before an output is renamed into place, and
 before a command reports success.
+
+Imports are where most of that happened (issue 21: the lost Ctrl-C, a RecursionError from a diffusers module left
+half-built in sys.modules, an abort from torch's C++ unable to unwind, a process killed by SIGINT after it had
+handled it because the interrupt crossed an exec() of a string), so a signal that arrives during an import is
+raised just after it: the handler asks for the signal again every DEFER_S seconds until no import is under way
+(or DEFER_LIMIT_S have passed).
 """
 
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -19,7 +27,11 @@ class Terminated(KeyboardInterrupt):
 
 
 MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+DEFER_S = 0.02
+DEFER_LIMIT_S = 10.0  # an import that hangs (a network mount, a lock) is interrupted all the same
+IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 _received = []  # the signals that arrived while the handlers were installed (signals are per process, so is this)
+_first_at = []  # when the first of them arrived (time.monotonic)
 
 
 def exception_for(signum: int) -> KeyboardInterrupt:
@@ -40,9 +52,30 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+def _importing(frame) -> bool:
+    """Whether the interrupted code runs inside an import."""
+    while frame is not None:
+        if frame.f_code.co_filename in IMPORT_MACHINERY:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handle(signum, frame):
-    _received.append(signum)
+    if signum not in _received:
+        _received.append(signum)
+        _first_at.append(time.monotonic())
+    if _importing(frame) and time.monotonic() - _first_at[0] < DEFER_LIMIT_S:  # ask again once the import is over
+        timer = threading.Timer(DEFER_S, _ask_again, (signum,))
+        timer.daemon = True
+        timer.start()
+        return
     raise exception_for(signum)
+
+
+def _ask_again(signum: int) -> None:
+    if signal.getsignal(signum) is _handle:  # still ours: the command has not finished meanwhile
+        os.kill(os.getpid(), signum)
 
 
 def received():
@@ -69,6 +102,7 @@ def stop_on_signals(then_ignore: bool = False):
         yield
         return
     _received.clear()
+    _first_at.clear()
     previous = {}
     for signum in MESSAGES:
         if signal.getsignal(signum) is not signal.SIG_IGN:
@@ -79,3 +113,4 @@ def stop_on_signals(then_ignore: bool = False):
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if then_ignore else handler)
         _received.clear()
+        _first_at.clear()
