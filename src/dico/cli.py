@@ -14,6 +14,10 @@ import inspect
 import sys
 from dataclasses import MISSING, dataclass, fields
 
+from . import interrupts
+
+interrupts.install()  # before the imports below, which take a second or more: a signal there stops `dico` alike
+
 import tyro
 
 from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, ExportDataConfig, ExtractLatentsConfig,

@@ -91,6 +91,17 @@ def stop_if_signalled() -> None:
         raise exception_for(_received[0])
 
 
+def install() -> None:
+    """Install the handlers for the rest of the process: the `dico` program does it first thing, so that a signal
+    during its own start-up (a second or more of imports) stops it the same way. Handlers someone else installed
+    and signals the process was started to ignore are left alone, as is any thread but the main one."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in MESSAGES:
+        if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(signum, _handle)
+
+
 @contextmanager
 def stop_on_signals(then_ignore: bool = False):
     """While active, SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated, and both are remembered for
@@ -101,8 +112,6 @@ def stop_on_signals(then_ignore: bool = False):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received.clear()
-    _first_at.clear()
     previous = {}
     for signum in MESSAGES:
         if signal.getsignal(signum) is not signal.SIG_IGN:
