@@ -420,6 +420,8 @@ BAD_INPUTS = [
     ("evaluate {ckpt} {ckpt} --json {tmp}/old.json", "old.json already exists; pass --overwrite to replace it"),
     ("bench --models DiCo-Tiny --json {tmp}/old.json", "old.json already exists; pass --overwrite to replace it"),
     ("bench --models DiCo-Tiny --json {file}/b.json", "b.json: " + "{file} is a file, not a folder"),
+    ("bench --cfg-scale nan", "--cfg-scale must be a finite number >= 0, got nan"),
+    ("bench --steps 0", "--steps (sample_steps) must be an integer >= 1, got 0"),
 ]
 
 
