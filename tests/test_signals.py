@@ -152,6 +152,18 @@ def test_an_error_left_by_a_signal_is_reported_as_the_signal():
     assert done.stderr.endswith("dico info: interrupted\n") and "unexpected" not in done.stderr
 
 
+def test_a_signal_during_start_up_stops_the_command_with_its_line(tmp_path):
+    # dico.cli installs the handlers before its own imports; one deferred there is raised as the command starts.
+    (tmp_path / "slow_start.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nfor _ in range(10 ** 6):\n    pass\n")
+    script = (f"import sys\nfrom dico.cli import main\nsys.path.insert(0, {str(tmp_path)!r})\nimport slow_start\n"
+              "sys.exit(main())")
+    done = subprocess.run([sys.executable, "-c", script, "info"], capture_output=True, text=True, env=ENV,
+                          preexec_fn=default_signals, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr == "dico info: terminated\n"
+
+
 def tree(folder):
     return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
 

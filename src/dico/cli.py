@@ -125,8 +125,13 @@ def main(argv=None) -> int:
     """Run `dico ARGS...` (argv None: the program's own arguments) and return its exit code. SIGINT and SIGTERM stop
     any command as one line, exit 130 or 143 (dico.interrupts); once the program (argv None) has finished, they are
     ignored while Python exits, so they cannot turn a completed command into a failed one."""
-    with stop_on_signals(then_ignore=argv is None):
-        return run_command(argv)
+    try:
+        with stop_on_signals(then_ignore=argv is None):
+            return run_command(argv)
+    except KeyboardInterrupt as stop:  # one that came during start-up, or before run_command's own try
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"][:1]
+        print(" ".join(["dico", *words]) + f": {message(signal_of(stop))}", file=sys.stderr)
+        return exit_code(signal_of(stop))
 
 
 def run_command(argv) -> int:

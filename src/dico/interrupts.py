@@ -105,10 +105,10 @@ def install() -> None:
 @contextmanager
 def stop_on_signals(then_ignore: bool = False):
     """While active, SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated, and both are remembered for
-    `stop_if_signalled`; the previous handlers come back after, or with `then_ignore` (a program about to exit, its
-    work done or its error reported) the signals are ignored from then on. A signal the process was started to ignore (nohup,
-    `cmd &` in a script) stays ignored. Outside the main thread, where Python cannot install handlers, nothing
-    changes."""
+    `stop_if_signalled`; one remembered before (during start-up) is raised on entry. The previous handlers come back
+    after, or with `then_ignore` (a program about to exit, its work done or its error reported) the signals are
+    ignored from then on. A signal the process was started to ignore (nohup, `cmd &` in a script) stays ignored.
+    Outside the main thread, where Python cannot install handlers, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -117,6 +117,7 @@ def stop_on_signals(then_ignore: bool = False):
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, _handle)
     try:
+        stop_if_signalled()  # one that install()'s handlers deferred while the program was starting
         yield
     finally:
         for signum, handler in previous.items():
