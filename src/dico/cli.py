@@ -8,15 +8,15 @@ dico.config imports no torch, and a command's module (dico.commands.*, which doe
 runs, so `dico --help` and `dico CMD --help` answer without loading torch.
 """
 
+from . import interrupts
+
+interrupts.install()  # first: the imports below take a second or more, and a signal there must stop `dico` alike
+
 import difflib
 import importlib
 import inspect
 import sys
 from dataclasses import MISSING, dataclass, fields
-
-from . import interrupts
-
-interrupts.install()  # before the imports below, which take a second or more: a signal there stops `dico` alike
 
 import tyro
 
