@@ -84,9 +84,9 @@ def received():
 
 
 def stop_if_signalled() -> None:
-    """Raise the remembered signal again (KeyboardInterrupt or Terminated), if one arrived; a no-op otherwise and
-    outside `stop_on_signals`. Call it right before making an output final, so a signal that some library swallowed
-    never lets a run the user stopped report success."""
+    """Raise the remembered signal again (KeyboardInterrupt or Terminated), if one arrived; a no-op otherwise, and
+    where dico's handlers are not installed (a library user's own program). Call it right before making an output
+    final, so a signal that some library swallowed never lets a run the user stopped report success."""
     if _received:
         raise exception_for(_received[0])
 
