@@ -254,7 +254,7 @@ def test_sample_config_holds_every_sampling_option_with_its_default(tmp_path, ca
     for typed, expected in ([], SamplingOptions()), (flags, changed):
         received.clear()
         assert main(["sample", "--ckpt", str(checkpoint), "--out", str(tmp_path / "s.png"), "--num-samples", "2",
-                     "--device", "cpu", *typed]) == 0
+                     "--device", "cpu", "--overwrite", *typed]) == 0
         assert len(received) == 1, "dico sample no longer samples through dico.sampling.generate: follow it here"
         assert as_dict(received[0]) == as_dict(expected)
 
@@ -286,7 +286,7 @@ def test_bench_command_is_the_bench_config_with_process_flags():
 
     assert issubclass(BenchCommand, BenchConfig)  # one declaration of the options benchmark() takes
     added = {f.name for f in dataclasses.fields(BenchCommand)} - {f.name for f in dataclasses.fields(BenchConfig)}
-    assert added == {"threads", "tune_malloc", "json", "quiet"}
+    assert added == {"threads", "tune_malloc", "json", "overwrite", "quiet"}
     hints = typing.get_type_hints(BenchConfig)
     assert typing.get_args(typing.get_args(hints["tasks"])[0]) == TASKS
     assert typing.get_args(typing.get_args(hints["dtypes"])[0]) == DTYPES

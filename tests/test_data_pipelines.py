@@ -190,6 +190,74 @@ def test_bad_folders_are_refused_clearly(tmp_path, class_folder):
 
 # ---------------------------------------------------------------------------------------------------- VAE helpers
 
+def test_the_scan_names_what_it_leaves_out(tmp_path):
+    from dico.data.folders import scan_image_folder_and_skips
+
+    for name in ("a/0.png", "a/1.png", "b/0.png"):
+        random_image(tmp_path / name, 8, 8, seed=len(name))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / "self.png").symlink_to(tmp_path / "a" / "self.png")  # a link to itself: ELOOP
+    (tmp_path / "b" / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "b" / "up").symlink_to(tmp_path / "b")  # a folder loop
+    (tmp_path / "b" / "again.png").symlink_to(tmp_path / "a" / "0.png")
+    paths, labels, classes, skipped = scan_image_folder_and_skips(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["a/0.png", "a/1.png", "b/0.png"]
+    assert sorted(skipped) == [("a/notes.txt", "not an image file"), ("a/self.png", "a symbolic link loop"),
+                               ("b/again.png", "a second link to an image already taken"),
+                               ("b/gone.png", "a broken link"), ("b/up", "a symbolic link loop")]
+
+
+def test_two_folder_loops_are_walked_once_not_exponentially(tmp_path):
+    random_image(tmp_path / "a" / "0.png", 8, 8, seed=0)
+    for name in "xyz":  # three links back: a walk that re-entered them would visit 3^40 folders
+        (tmp_path / "a" / name).symlink_to(tmp_path / "a")
+    paths, _, _ = scan_image_folder(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["a/0.png"]
+
+
+def test_extraction_names_every_unreadable_image_at_once_and_writes_nothing(class_folder, vae_dir, tmp_path,
+                                                                           capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(class_folder, data)
+    for i in range(23):  # more than the 20 a message names
+        (data / "cat" / f"bad{i:02d}.png").write_bytes(b"not a png at all")
+    (data / "dog" / "empty.jpg").write_bytes(b"")
+    Image.fromarray(np.zeros((8, 8), np.float32), "F").save(data / "dog" / "float.tiff")
+    out = tmp_path / "latents"
+    code = cli(["extract-latents", "--data", str(data), "--out", str(out), "--image-size", str(SIZE), "--vae",
+                str(vae_dir), "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"dico extract-latents: error: 25 of 33 images in {data} cannot "
+                                                   "be read; fix or remove them and run again: cat/bad00.png (not "
+                                                   "an image PIL can read), cat/bad01.png")
+    assert "cat/bad19.png" in err and "cat/bad20.png" not in err and err.endswith(" and 5 more\n")
+    assert not out.exists()  # checked before any work
+    for path in [*(data / "cat").glob("bad*"), data / "dog" / "empty.jpg"]:
+        path.unlink()
+    code = cli(["extract-latents", "--data", str(data), "--out", str(out), "--image-size", str(SIZE), "--vae",
+                str(vae_dir), "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    assert code == 2 and "1 of 9 images" in capsys.readouterr().err  # the mode F file, named by the same check
+
+
+def test_extraction_counts_and_names_what_it_skipped(class_folder, vae_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(class_folder, data)
+    (data / "cat" / "loop.png").symlink_to(data / "cat" / "loop.png")
+    (data / "dog" / "labels.txt").write_text("not an image")
+    out = tmp_path / "latents"
+    code = cli(["extract-latents", "--data", str(data), "--out", str(out), "--image-size", str(SIZE), "--vae",
+                str(vae_dir), "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"wrote latents of 8 images to {out}; skipped 2 entries: cat/loop.png (a symbolic link loop), "
+        "dog/labels.txt (not an image file)")
+
+
 def test_vae_loads_from_a_directory_and_decodes_scaled_latents(vae_dir):
     from diffusers import AutoencoderKL
 

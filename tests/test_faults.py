@@ -188,7 +188,7 @@ def test_bad_steps_can_be_skipped_up_to_a_bound(tmp_path, monkeypatch):
 
 def test_sampling_refuses_non_finite_settings_and_reports_non_finite_outputs():
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="--cfg-scale must be a finite number"):
+        with pytest.raises(ValueError, match=r"--cfg-scale \(guidance_scale\) must be a finite number >= 0, got"):
             SamplingOptions(cfg_scale=bad)
     for field, value in (("steps", 0), ("batch_size", 0), ("cache_interval", 0), ("guidance_channels", -1),
                          ("cache_depth", 3), ("eta", -1.0), ("sampler", "heun"), ("shift", 0.0)):
@@ -307,7 +307,7 @@ def test_sampling_runs_bind_to_the_weights_and_never_overwrite_a_finished_file(t
     first = out.read_bytes()
     assert sample_to_npz(model, OutputSpace(8, 1), out, 3, options, progress=True) == out  # same run: complete
     assert "already complete" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="other settings.*never overwritten"):
+    with pytest.raises(ValueError, match="other settings; pass --overwrite to replace it"):
         sample_to_npz(model, OutputSpace(8, 1), out, 3, SamplingOptions(steps=3, batch_size=2), progress=False)
     assert out.read_bytes() == first
     # An unfinished run (its manifest says which weights) resumed with other weights, e.g. another checkpoint
@@ -403,7 +403,42 @@ BAD_INPUTS = [
     ("convert {ckpt} {tmp}/out.bin", ".safetensors"),
     ("export-data digits --out {tmp}", "--out"),
     ("demo --ckpt {ckpt} --port 0", "--port"),
+    ("sample --ckpt {ckpt} --cfg-scale -1 --out {tmp}/x.png", "--cfg-scale (guidance_scale) must be a finite number"),
+    ("sample --ckpt {ckpt} --seed -1 --out {tmp}/x.png", "--seed must be an integer in [0, 2**64), got -1"),
+    ("sample --ckpt {ckpt} --steps 2.5 --out {tmp}/x.png", "--steps"),
+    ("sample --ckpt {ckpt} --classes 1.5 --out {tmp}/x.png", "--classes"),
+    # Existing outputs are never replaced without --overwrite; paths under a file and foreign folders are refused.
+    ("sample --ckpt {ckpt} --steps 2 --out {tmp}/old.png", "old.png already exists; pass --overwrite to replace it"),
+    ("sample --ckpt {ckpt} --steps 2 --out {tmp}/old.npz", "old.npz already exists; pass --overwrite to replace it"),
+    ("convert {ckpt} {tmp}/old.safetensors", "old.safetensors already exists; pass --overwrite to replace it"),
+    ("convert {ckpt} {file}/x.safetensors", "x.safetensors: " + "{file} is a file, not a folder"),
+    ("convert {ckpt} {tmp}/pipe --format diffusers", "pipe already exists; pass --overwrite to replace it"),
+    ("convert {ckpt} {tmp}/foreign --format diffusers --overwrite", "not a dico pipeline); dico never writes into it"),
+    ("convert {ckpt} {file} --format diffusers", "a-file is a file, not a folder"),
+    ("export-data digits --out {tmp}/old.npz", "old.npz already exists; pass --overwrite to replace it"),
+    ("export-data digits --out {file}/d.npz", "d.npz: " + "{file} is a file, not a folder"),
+    ("evaluate {ckpt} {ckpt} --json {tmp}/old.json", "old.json already exists; pass --overwrite to replace it"),
+    ("bench --models DiCo-Tiny --json {tmp}/old.json", "old.json already exists; pass --overwrite to replace it"),
+    ("bench --models DiCo-Tiny --json {file}/b.json", "b.json: " + "{file} is a file, not a folder"),
+    ("bench --cfg-scale nan", "--cfg-scale must be a finite number >= 0, got nan"),
+    ("bench --steps 0", "--steps (sample_steps) must be an integer >= 1, got 0"),
 ]
+
+
+def existing_outputs(work: Path) -> None:
+    """Outputs a rerun could replace: files of each kind, a pipeline folder of ours and a folder of the user's."""
+    for name in ("old.png", "old.npz", "old.safetensors", "old.json"):
+        (work / name).write_bytes(b"the user's " + name.encode())
+    (work / "pipe").mkdir()
+    (work / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": ["dico_pipeline", "DiCoPipeline"]}))
+    (work / "foreign").mkdir()
+    (work / "foreign" / "notes.txt").write_text("mine")
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under `folder` with its bytes and modification time (None for folders)."""
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("line,named", BAD_INPUTS, ids=[line.split(" {")[0] for line, _ in BAD_INPUTS])
@@ -412,16 +447,22 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(line, named, tiny_checkp
     work.mkdir()
     blocker = work / "a-file"
     blocker.write_bytes(b"")
+    existing_outputs(work)
     args = line.format(tmp=work, file=blocker, ckpt=tiny_checkpoint).split()
-    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    before = snapshot(work)
     try:
         code = cli(args)
     except SystemExit as stop:  # the flag parser's own errors (wrong type, unknown choice)
         code = stop.code
     err = capsys.readouterr().err
     assert code == 2, err
-    assert named in err and "Traceback" not in err
-    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before  # nothing written, nothing left
+    assert named.format(file=blocker) in one_line(err) and "Traceback" not in err
+    assert snapshot(work) == before  # nothing written, nothing changed, nothing left
+
+
+def one_line(err: str) -> str:
+    """The message with the flag parser's box (which wraps long lines) taken away."""
+    return " ".join(err.replace("│", " ").split())
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
@@ -457,3 +498,183 @@ def test_ctrl_c_in_sample_is_one_line(tiny_checkpoint, tmp_path):
     assert proc.returncode == 130, err
     assert "dico sample: interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "s.npz").exists()  # no half file; finished shards stay for the rerun
+
+
+# --- one check per sampling value: the same message from the flags, DiCoPipeline and the Python sampling calls -----
+
+NAN, INF = float("nan"), float("inf")
+SAME_MESSAGE = [  # (flags or None where the flag parser refuses first, pipeline keywords, SamplingOptions keywords)
+    (["--cfg-scale", "nan"], {"guidance_scale": NAN}, {"cfg_scale": NAN},
+     "--cfg-scale (guidance_scale) must be a finite number >= 0, got nan"),
+    (["--cfg-scale", "inf"], {"guidance_scale": INF}, {"cfg_scale": INF},
+     "--cfg-scale (guidance_scale) must be a finite number >= 0, got inf"),
+    (["--cfg-scale", "-1"], {"guidance_scale": -1.0}, {"cfg_scale": -1.0},
+     "--cfg-scale (guidance_scale) must be a finite number >= 0, got -1.0"),
+    (["--steps", "0"], {"num_inference_steps": 0}, {"steps": 0},
+     "--steps (num_inference_steps) must be an integer >= 1, got 0"),
+    (None, {"num_inference_steps": 2.5}, {"steps": 2.5}, "--steps (num_inference_steps) must be an integer >= 1, got 2.5"),
+    (None, {"num_inference_steps": 2.0}, {"steps": 2.0}, "--steps (num_inference_steps) must be an integer >= 1, got 2.0"),
+    (["--seed", "-1"], {"seed": -1}, {"seed": -1}, "--seed must be an integer in [0, 2**64), got -1"),
+    (["--seed", str(2**64)], {"seed": 2**64}, {"seed": 2**64},
+     f"--seed must be an integer in [0, 2**64), got {2**64}"),
+    (["--guidance-channels", "0"], {"guidance_channels": 0}, {"guidance_channels": 0},
+     "--guidance-channels must be an integer >= 1 or 'all', got 0"),
+]
+
+
+@pytest.mark.parametrize("flags,pipe_kwargs,option_kwargs,message", SAME_MESSAGE,
+                         ids=[m.split(" must")[0] + " " + m.split("got ")[-1] for *_, m in SAME_MESSAGE])
+def test_a_bad_sampling_value_gets_the_same_message_wherever_it_enters(flags, pipe_kwargs, option_kwargs, message,
+                                                                        tiny_checkpoint, tmp_path, capsys):
+    from dico.pipelines import load_pipeline
+
+    if flags is not None:
+        with pytest.raises(SystemExit) as stop:  # checked while the flags are read
+            cli(["sample", "--ckpt", str(tiny_checkpoint), *flags, "--out", str(tmp_path / "x.png")])
+        assert stop.value.code == 2 and message in one_line(capsys.readouterr().err)
+    pipe = load_pipeline(tiny_checkpoint)
+    with pytest.raises(ValueError) as refused:
+        pipe([1], **{"num_inference_steps": 2, "seed": 0, "output_type": "np", **pipe_kwargs})
+    assert str(refused.value) == message
+    with pytest.raises(ValueError) as refused:
+        SamplingOptions(**option_kwargs)
+    assert str(refused.value) == message
+    options = SamplingOptions(steps=2)  # changed after it was checked: sampling checks again
+    for name, value in option_kwargs.items():
+        setattr(options, name, value)
+    model = load_pretrained(tiny_checkpoint).model
+    with pytest.raises(ValueError) as refused:
+        generate(model, OutputSpace(8, 1), [0], [1], options)
+    assert str(refused.value) == message
+    assert not list(tmp_path.glob("x.png"))
+
+
+@pytest.mark.parametrize("labels", [[1.5], [1.9], [1.0], [True], [10], [-1], torch.tensor([1.5]), torch.tensor([2.0]),
+                                    np.array([1.9]), torch.tensor([3, 10])],
+                         ids=lambda v: f"{type(v).__name__}{v.tolist() if hasattr(v, 'tolist') else v}")
+def test_class_labels_must_be_integer_ids_in_range_everywhere(labels, tiny_checkpoint, tmp_path):
+    # 1.5 and 1.9 once became class 1 silently; now the pipeline, generate and class_labels refuse them alike.
+    from dico.conditioning import class_labels
+    from dico.pipelines import load_pipeline
+
+    model = load_pretrained(tiny_checkpoint).model
+    messages = set()
+    for call in (lambda: load_pipeline(tiny_checkpoint)(labels, num_inference_steps=2, seed=0, output_type="np"),
+                 lambda: generate(model, OutputSpace(8, 1), [0], labels, SamplingOptions(steps=2)),
+                 lambda: class_labels(labels, model)):
+        with pytest.raises(ValueError) as refused:
+            call()
+        messages.add(str(refused.value))
+    assert len(messages) == 1
+    message = messages.pop()
+    assert message.startswith("--classes (class_labels) must be integer class ids in [0, 10), got ")
+    shown = message.split("got ")[-1]
+    assert shown in {"1.5", "1.9", "1.0", "2.0", "True", "10", "-1"}
+
+
+def test_integer_scalars_of_numpy_and_torch_are_accepted(tiny_checkpoint):
+    from dico.pipelines import load_pipeline
+
+    pipe = load_pipeline(tiny_checkpoint)
+    plain = pipe([1, 2], num_inference_steps=2, seed=3, guidance_scale=1.5, output_type="np").images
+    scalars = pipe(torch.tensor([1, 2]), num_inference_steps=np.int64(2), seed=np.uint64(3),
+                   guidance_scale=np.float32(1.5), output_type="np").images
+    np.testing.assert_array_equal(plain, scalars)
+
+
+def test_the_pipeline_refuses_non_finite_custom_sigmas(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dico.pipelines import DiCoPipeline, as_component
+
+    spec = model_spec("DiCo-Tiny", in_channels=1, num_classes=10, **TINY)
+    pipe = DiCoPipeline(as_component(build_model(spec)).eval(), FlowMatchEulerDiscreteScheduler(), sample_size=8,
+                        objective={"kind": "flow", "path": "Linear", "prediction": "velocity"})
+    with pytest.raises(ValueError, match=r"sigmas must be one or more finite numbers >= 0, got \[1.0, nan\]"):
+        pipe([1], sigmas=[1.0, NAN], seed=0)
+
+
+# --- outputs: refused without --overwrite, replaced whole with it, never mixed, never in a folder not ours ---------
+
+def test_convert_replaces_an_existing_file_only_with_overwrite(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"the user's file")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="w.safetensors already exists; pass --overwrite to replace it"):
+        convert(tiny_checkpoint, out)
+    assert cli(["convert", str(tiny_checkpoint), str(out)]) == 2
+    assert capsys.readouterr().err == f"dico convert: error: {out} already exists; pass --overwrite to replace it\n"
+    assert snapshot(tmp_path) == before
+    assert cli(["convert", str(tiny_checkpoint), str(out), "--overwrite"]) == 0
+    assert load_pretrained(out).space == OutputSpace(8, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000010.pt", "w.safetensors"]  # no partial file left
+
+
+def test_a_pipeline_folder_is_swapped_whole_and_a_foreign_folder_never_written(tiny_checkpoint, tmp_path, capsys):
+    from dico.pipelines import DiCoPipeline, save_pipeline
+
+    out = tmp_path / "pipe"
+    save_pipeline(tiny_checkpoint, out)
+    (out / "left-over.txt").write_text("from an older conversion")
+    before = snapshot(tmp_path)
+    assert cli(["convert", str(tiny_checkpoint), str(out), "--format", "diffusers"]) == 2
+    assert "pipe already exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    assert cli(["convert", str(tiny_checkpoint), str(out), "--format", "diffusers", "--overwrite"]) == 0
+    assert not (out / "left-over.txt").exists()  # the new folder replaced the old one whole: nothing mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000010.pt", "pipe"]  # no partial or old folder left
+    DiCoPipeline.from_pretrained(str(out))
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    before = snapshot(foreign)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not a dico pipeline.*never writes into it"):
+            save_pipeline(tiny_checkpoint, foreign, overwrite=overwrite)
+    assert snapshot(foreign) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (save_pipeline(tiny_checkpoint, empty) / "model_index.json").is_file()  # an empty folder is filled
+
+
+@pytest.mark.parametrize("when", ["while writing", "at the swap"])
+def test_an_interrupted_replacement_leaves_the_old_folder_whole(when, tiny_checkpoint, tmp_path, monkeypatch):
+    import dico.cache
+    from dico.pipelines import DiCoPipeline, save_pipeline
+
+    out = tmp_path / "pipe"
+    save_pipeline(tiny_checkpoint, out)
+    before = snapshot(out)
+    if when == "while writing":
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(DiCoPipeline, "save_pretrained", interrupted)
+    else:  # the old folder is moved aside, then Ctrl-C before the new one is renamed in
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if Path(src).name.endswith(".partial"):
+                raise KeyboardInterrupt
+            return real_replace(src, dst)
+        monkeypatch.setattr(dico.cache.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_pipeline(tiny_checkpoint, out, overwrite=True)
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000010.pt", "pipe"]
+
+
+def test_export_data_and_sample_replace_only_with_overwrite(tiny_checkpoint, tmp_path, capsys):
+    npz = tmp_path / "digits.npz"
+    npz.write_bytes(b"the user's file")
+    assert cli(["export-data", "digits", "--out", str(npz)]) == 2
+    assert npz.read_bytes() == b"the user's file"
+    assert cli(["export-data", "digits", "--out", str(npz), "--overwrite"]) == 0
+    assert np.load(npz)["arr_0"].shape[1:] == (8, 8, 3)
+    png = tmp_path / "grid.png"
+    png.write_bytes(b"the user's picture")
+    sample = ["sample", "--ckpt", str(tiny_checkpoint), "--steps", "2", "--num-samples", "2", "--out", str(png)]
+    assert cli(sample) == 2 and png.read_bytes() == b"the user's picture"
+    assert cli(sample + ["--overwrite"]) == 0 and Image.open(png).size[0] > 8
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000010.pt", "digits.npz", "grid.png"]

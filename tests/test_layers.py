@@ -12,7 +12,7 @@ SOURCE = Path(dico.__file__).parent
 # own __init__, which re-exports names from above. Units of one layer may import each other (no cycle, though).
 # dico.cli (commands by module name) and dico/__init__ (PEP 562) also import with importlib, downwards too.
 LAYERS = [
-    ["options", "extras"],  # YAML config files and value checks, optional parts: torch-free, dico's bottom
+    ["options", "extras", "interrupts"],  # config files and value checks, optional parts, signals: torch-free
     ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors"],
     ["models"],
     ["diffusion", "transport"],
@@ -33,7 +33,7 @@ LAYERS = [
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 UNITS = {p.stem for p in SOURCE.iterdir()
          if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
-TORCH_FREE = {"options", "extras", "config", "cli", "cpu_allocator", "dico"}  # what `dico --help` runs
+TORCH_FREE = {"options", "extras", "interrupts", "config", "cli", "cpu_allocator", "dico"}  # what `dico --help` runs
 HEAVY = ("torch", "torchvision", "diffusers", "gradio")
 
 

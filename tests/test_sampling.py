@@ -116,7 +116,7 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
         cli(["sample", "--ckpt", str(checkpoint), "--out", str(tmp_path / "x.jpg")])
     assert refused.value.code == 2 and "--out must end in .png" in capsys.readouterr().err
     assert cli(["sample", "--ckpt", str(checkpoint), "--classes", "12", "--out", str(tmp_path / "x.png")]) == 2
-    assert "--classes must lie in [0, 10)" in capsys.readouterr().err
+    assert "--classes (class_labels) must be integer class ids in [0, 10), got 12" in capsys.readouterr().err
 
 
 def test_guidance_interval_guides_only_inside_it(model):
@@ -177,7 +177,7 @@ def test_deep_cache_sampling_stays_close_to_uncached(model):
     cached = generate(model, SPACE, list(range(4)), labels, options)
     drift = np.abs(plain.astype(float) - cached.astype(float)).mean()
     assert 0 < drift < 8  # mean absolute drift in grey levels out of 255
-    with pytest.raises(ValueError, match="cache depth"):
+    with pytest.raises(ValueError, match="--cache-depth must be an integer in"):  # checked again when sampling
         options.cache_depth = 3
         generate(model, SPACE, [0], labels[:1], options)
 
@@ -241,5 +241,5 @@ def test_our_checkpoint_keeps_its_own_model_and_space(checkpoint, tmp_path, caps
     out = tmp_path / "x.png"
     assert cli(["sample", "--ckpt", str(checkpoint), "--model", "DiCo-Tiny", "--steps", "2", "--num-samples", "2",
                 "--out", str(out)]) == 0  # the same name as stored: fine, and still 8x8 pixels (no VAE)
-    assert cli(["sample", "--ckpt", str(checkpoint), "--model", "DiCo-XL", "--out", str(out)]) == 2
+    assert cli(["sample", "--ckpt", str(checkpoint), "--model", "DiCo-XL", "--out", str(out), "--overwrite"]) == 2
     assert "holds DiCo-Tiny, not DiCo-XL" in capsys.readouterr().err

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import torch
 
+from .cache import atomic_write
 from .data import OutputSpace, check_vae_matches, resolve_vae
+from .interrupts import stop_if_signalled
 from .models import MODELS, build_model, model_spec
 from .objectives import Objective, objective_from_dict
+from .options import check_new_output
 
 # Prefixes added by DistributedDataParallel and torch.compile; a state dict saved from a wrapper loads all the same.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -462,6 +465,7 @@ def atomic_save(obj, path) -> None:
                               f"{str(err).strip().splitlines()[0]}") from err
             f.flush()
             os.fsync(f.fileno())
+        stop_if_signalled()  # a swallowed Ctrl-C must not make the file final
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -479,13 +483,15 @@ def remove_stale_temp_files(directory) -> list:
     return stale
 
 
-def convert(source, out, weights: str = "ema") -> Path:
-    """Write the chosen weights of any readable checkpoint as .safetensors, with the model spec as metadata."""
+def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
+    """Write the chosen weights of any readable checkpoint as .safetensors, with the model spec as metadata. An
+    existing `out` is refused unless `overwrite`, and then replaced in one rename."""
     from safetensors.torch import save_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {out}")
+    check_new_output(out, overwrite)
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
     spec = stored_spec(ckpt) or infer_spec(state)
@@ -498,8 +504,4 @@ def convert(source, out, weights: str = "ema") -> Path:
         metadata["dico_space"] = json.dumps(asdict(space))
     state = {k: v.contiguous() for k, v in state.items()}
     metadata["dico_crc32"] = json.dumps({k: tensor_crc32(v) for k, v in state.items()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda partial: save_file(state, str(partial), metadata=metadata))

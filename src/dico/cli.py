@@ -8,6 +8,10 @@ dico.config imports no torch, and a command's module (dico.commands.*, which doe
 runs, so `dico --help` and `dico CMD --help` answer without loading torch.
 """
 
+from . import interrupts
+
+interrupts.install()  # first: the imports below take a second or more, and a signal there must stop `dico` alike
+
 import difflib
 import importlib
 import inspect
@@ -21,6 +25,7 @@ from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, Ex
 from .options import read_yaml, to_yaml, with_values
 from .cpu_allocator import tune_glibc_malloc
 from .extras import MissingExtra
+from .interrupts import exit_code, message, received, signal_of, stop_if_signalled, stop_on_signals
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,19 @@ def training_interrupted(err: Exception) -> bool:
 
 
 def main(argv=None) -> int:
+    """Run `dico ARGS...` (argv None: the program's own arguments) and return its exit code. SIGINT and SIGTERM stop
+    any command as one line, exit 130 or 143 (dico.interrupts); once the program (argv None) has finished, they are
+    ignored while Python exits, so they cannot turn a completed command into a failed one."""
+    try:
+        with stop_on_signals(then_ignore=argv is None):
+            return run_command(argv)
+    except KeyboardInterrupt as stop:  # one that came during start-up, or before run_command's own try
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"][:1]
+        print(" ".join(["dico", *words]) + f": {message(signal_of(stop))}", file=sys.stderr)
+        return exit_code(signal_of(stop))
+
+
+def run_command(argv) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
@@ -136,18 +154,23 @@ def main(argv=None) -> int:
             return 0
         if getattr(options, "tune_malloc", True):  # our process: keep freed CPU memory for reuse (dico.cpu_allocator)
             tune_glibc_malloc()
-        return importlib.import_module(COMMANDS[name].module).run(options, **prepared) or 0
-    except KeyboardInterrupt:
+        code = importlib.import_module(COMMANDS[name].module).run(options, **prepared) or 0
+        stop_if_signalled()  # a signal that a library swallowed ("Exception ignored ...") still stops the command
+        return code
+    except KeyboardInterrupt as stop:
         if debug:
             raise
-        print(f"dico {name}: interrupted", file=sys.stderr)
-        return 130
+        print(f"dico {name}: {message(signal_of(stop))}", file=sys.stderr)
+        return exit_code(signal_of(stop))
     except Exception as err:
         if debug:
             raise
         if training_interrupted(err):  # a consistent checkpoint is saved: a message, not a traceback
             print(f"dico {name}: {err}", file=sys.stderr)
             return 128 + err.signum
+        if received() is not None:  # what a signal left behind (e.g. a half-imported module): it is the news
+            print(f"dico {name}: {message(received())}", file=sys.stderr)
+            return exit_code(received())
         if isinstance(err, INPUT_ERRORS) and not isinstance(err, BUGS):
             print(f"dico {name}: error: {err}", file=sys.stderr)
             return 2

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .options import check_class_ids
+
 
 class Conditioning:
     """The interface; see ClassLabels."""
@@ -76,5 +78,8 @@ class ClassLabels(Conditioning):
 
 
 def class_labels(labels, model) -> ClassLabels:
-    """Class ids (a tensor or a list) as the conditioning of `model`, whose null label is its `num_classes`."""
-    return ClassLabels(torch.as_tensor(labels, dtype=torch.long), model.num_classes)
+    """Class ids (a tensor or a list of integers in [0, num_classes)) as the conditioning of `model`, whose null
+    label is its `num_classes`. Float ids (1.5, or a float tensor) are refused, never rounded."""
+    ids = check_class_ids(labels.cpu() if torch.is_tensor(labels) else labels, model.num_classes)
+    device = labels.device if torch.is_tensor(labels) else None
+    return ClassLabels(torch.tensor(ids, dtype=torch.long, device=device), model.num_classes)

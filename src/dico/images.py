@@ -1,12 +1,13 @@
 """The one image writer: tensors in [-1, 1] to uint8, PNG grids and ADM-format .npz files (written streaming)."""
 
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .cache import atomic_write
 
 # What counts as an image file when reading folders (torchvision's list; PIL reads them all).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -63,9 +64,7 @@ def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2, scale: int = 1)
         top, left = pad + r * (h + pad), pad + k * (w + pad)
         canvas[top:top + h, left:left + w] = image
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    return atomic_write(path, lambda partial: Image.fromarray(canvas).save(partial), suffix=path.suffix)
 
 
 def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray, extra: dict | None = None) -> Path:
@@ -74,28 +73,26 @@ def write_npz(path, chunks, count: int, image_shape, labels: np.ndarray, extra: 
     `chunks` yields uint8 arrays of shape (k, *image_shape) adding up to `count` images; memory stays at one chunk
     (50k images at 256 px are 9.8 GB). Written to a temporary name and renamed, so a crash leaves no half file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
               "shape": (count, *image_shape)}
-    written = 0
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        with archive.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
-                if chunk.shape[1:] != tuple(image_shape):
-                    raise ValueError(f"chunk of shape {chunk.shape} does not match images of shape {image_shape}")
-                f.write(chunk.tobytes())
-                written += len(chunk)
-        with archive.open("arr_1.npy", "w") as f:
-            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
-        for name, array in (extra or {}).items():  # more named arrays, e.g. how the samples were made
-            with archive.open(f"{name}.npy", "w") as f:
-                np.lib.format.write_array(f, np.asarray(array))
-    if written != count:
-        os.unlink(tmp)
-        raise ValueError(f"expected {count} images, got {written}")
-    os.replace(tmp, path)
-    return path
+
+    def write(partial):
+        written = 0
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(f, header)
+                for chunk in chunks:
+                    chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
+                    if chunk.shape[1:] != tuple(image_shape):
+                        raise ValueError(f"chunk of shape {chunk.shape} does not match images of shape {image_shape}")
+                    f.write(chunk.tobytes())
+                    written += len(chunk)
+            with archive.open("arr_1.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+            for name, array in (extra or {}).items():  # more named arrays, e.g. how the samples were made
+                with archive.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(array))
+        if written != count:
+            raise ValueError(f"expected {count} images, got {written}")
+
+    return atomic_write(path, write)

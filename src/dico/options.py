@@ -199,3 +199,136 @@ def check_can_create(name: str, folder: Path, path: Path) -> None:
         raise ValueError(f"{flag(name)} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag(name)} {path}: no permission to write in {existing}")
+
+
+# --- sampling values: one check each, for the flags, DiCoPipeline, the demo and the Python sampling functions ----
+# Each message names the flag and, where it differs, the Python argument, so the same text serves every entry.
+# Integers must be integers: 2.5 and 2.0 are refused alike (the flag parser refuses both too); numpy and torch
+# integer scalars are accepted.
+
+def option_name(flag_name: str, argument: str) -> str:
+    """'--cfg-scale (guidance_scale)', or just '--seed' when the flag and the argument share the name."""
+    return flag(flag_name) if flag_name == argument else f"{flag(flag_name)} ({argument})"
+
+
+def as_integer(value):
+    """`value` as a Python int if it is an integer (int, numpy or 0-d torch integer; not bool, not float), else None."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    if isinstance(value, int):
+        return int(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(value, "ndim", 1) == 0 and "int" in str(dtype):
+        return int(value)
+    return None
+
+
+def shown(value) -> str:
+    """How a refused value is quoted: nan, 2.5, 'x', a tensor's values."""
+    if hasattr(value, "tolist") and not isinstance(value, (int, float)):
+        return repr(value.tolist())
+    return repr(value) if not isinstance(value, float) else str(value)
+
+
+def check_guidance_scale(value, argument: str = "guidance_scale") -> float:
+    """The classifier-free guidance scale as a float: a finite number >= 0 (1 = no guidance, 0 = unconditional)."""
+    number = value
+    if as_integer(value) is not None or getattr(value, "ndim", None) == 0 and "float" in str(value.dtype):
+        number = float(value)  # numpy / torch scalars
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{option_name('cfg_scale', argument)} must be a finite number >= 0, got {shown(value)}")
+    return float(number)
+
+
+def check_steps(value, argument: str = "num_inference_steps", low: int = 1) -> int:
+    """A step count as an int >= `low`."""
+    number = as_integer(value)
+    if number is None or number < low:
+        raise ValueError(f"{option_name('steps', argument)} must be an integer >= {low}, got {shown(value)}")
+    return number
+
+
+SEED_LIMIT = 2**64  # keys are mixed as unsigned 64-bit integers (dico.randomness)
+
+
+def check_seed(value, argument: str = "seed") -> int:
+    """A sampling seed as an int in [0, 2**64)."""
+    number = as_integer(value)
+    if number is None or not 0 <= number < SEED_LIMIT:
+        raise ValueError(f"{option_name('seed', argument)} must be an integer in [0, 2**64), got {shown(value)}")
+    return number
+
+
+def check_guidance_channels(value, argument: str = "guidance_channels"):
+    """'all', or the number (>= 1) of leading output channels guidance acts on."""
+    if value == "all" and isinstance(value, str):
+        return value
+    number = as_integer(value)
+    if number is None or number < 1:
+        raise ValueError(f"{option_name('guidance_channels', argument)} must be an integer >= 1 or 'all', "
+                         f"got {shown(value)}")
+    return number
+
+
+def check_class_ids(values, num_classes: int | None = None, argument: str = "class_labels") -> list:
+    """Class ids (a list, tuple, array or tensor of integers) as a list of ints, each in [0, num_classes) (only >= 0
+    when num_classes is None; an unconditional model, num_classes 0, has the one label 0). Float ids such as 1.5, or
+    even 1.0, and bools are refused, never rounded."""
+    if hasattr(values, "tolist") and getattr(values, "dtype", None) is not None:
+        kind = str(values.dtype)
+        items = values.reshape(-1).tolist() if hasattr(values, "reshape") else values.tolist()
+        ids, bad = items, []
+        if "int" not in kind:  # a float or bool tensor: refused whatever its values
+            bad = [float(f"{v:.7g}") if "float" in kind else v for v in items[:1]] or [values]  # float32: 1.9
+    else:
+        items = list(values) if isinstance(values, (list, tuple, range)) else [values]
+        ids = [as_integer(v) for v in items]
+        bad = [v for v, i in zip(items, ids) if i is None]
+    high = None if num_classes is None else max(int(num_classes), 1)
+    if not bad:
+        bad = [i for i in ids if i < 0 or (high is not None and i >= high)]
+    if bad or not ids:
+        allowed = f"in [0, {high})" if high is not None else ">= 0"
+        got = shown(bad[0]) if bad else "none"
+        raise ValueError(f"{option_name('classes', argument)} must be integer class ids {allowed}, got {got}")
+    return ids
+
+
+# --- outputs: never replaced unless asked (--overwrite), never written into a folder that is not ours ------------
+
+PIPELINE_CLASS = "DiCoPipeline"  # what a dico pipeline folder's model_index.json names (dico.pipelines)
+
+
+def is_pipeline_folder(path) -> bool:
+    """Whether the folder `path` is a dico pipeline folder: its model_index.json names DiCoPipeline."""
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    return name == PIPELINE_CLASS or isinstance(name, list) and bool(name) and name[-1] == PIPELINE_CLASS
+
+
+def check_new_output(path, overwrite: bool = False, flag_name: str | None = None, folder: bool = False) -> None:
+    """A ValueError (before any work) when the output `path` cannot be written: a parent that is a file, an existing
+    output without `overwrite`, a file where a folder goes or the reverse, or (`folder`) a non-empty folder that is
+    not a dico pipeline folder, which is never written into, even with `overwrite`. `flag_name` (e.g. "out") is
+    named in the message when the path came from that flag."""
+    path = Path(path).expanduser()
+    said = f"{flag(flag_name)} {path}" if flag_name else str(path)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{said}: {existing} is a file, not a folder")
+    if path.is_dir() and not folder:
+        raise ValueError(f"{said} is a folder; name a file")
+    if path.exists() and folder and not path.is_dir():
+        raise ValueError(f"{said} is a file, not a folder")
+    if folder and path.is_dir() and any(path.iterdir()) and not is_pipeline_folder(path):
+        raise ValueError(f"{said} is a folder with other files in it (not a dico pipeline); "
+                         "dico never writes into it: name a new or empty folder")
+    if path.exists() and not overwrite and not (folder and not any(path.iterdir())):
+        raise ValueError(f"{said} already exists; pass --overwrite to replace it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{said}: no permission to write in {existing}")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_pretrained
 from ..config.benchmarking import BenchConfig
 from ..models import create_model, list_models
+from ..options import check_guidance_scale, check_steps
 from ..training.optim import adamw
 from .official import official_twin
 
@@ -80,6 +81,8 @@ def validate(config: BenchConfig):
         raise ValueError(f"batch sizes must be positive integers, got {config.batch_sizes}")
     if config.image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (latent = image/8, divisible by 4), got {config.image_size}")
+    check_guidance_scale(config.cfg_scale, "cfg_scale")  # the sampling checks of dico.options, as dico sample's
+    check_steps(config.sample_steps, "sample_steps")
     try:
         device = torch.device(config.device)
     except RuntimeError:

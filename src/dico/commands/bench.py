@@ -6,11 +6,15 @@ from dataclasses import asdict
 import torch
 
 from ..benchmarking import benchmark, format_table
+from ..cache import atomic_write
 from ..config import BenchCommand
 from ..cpu_allocator import malloc_tuned
+from ..options import check_new_output
 
 
 def run(command: BenchCommand) -> int:
+    if command.json:
+        check_new_output(command.json, command.overwrite, "json")  # before the measurement, not after
     if command.threads:
         torch.set_num_threads(command.threads)
     results = benchmark(command, progress=None if command.quiet else lambda msg: print(msg, flush=True))
@@ -18,6 +22,6 @@ def run(command: BenchCommand) -> int:
           f"glibc malloc tuning {'on' if malloc_tuned() else 'off'}")
     print(format_table(results))
     if command.json:
-        with open(command.json, "w") as f:
-            json.dump([dict(asdict(r), images_per_second=r.images_per_second) for r in results], f, indent=1)
+        rows = [dict(asdict(r), images_per_second=r.images_per_second) for r in results]
+        atomic_write(command.json, lambda partial: partial.write_text(json.dumps(rows, indent=1)))
     return 0

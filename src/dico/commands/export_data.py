@@ -5,5 +5,5 @@ from ..data import export_digits
 
 
 def run(config: ExportDataConfig) -> int:
-    print(f"wrote {export_digits(config.out)}")
+    print(f"wrote {export_digits(config.out, overwrite=config.overwrite)}")
     return 0

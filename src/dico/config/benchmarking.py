@@ -48,4 +48,5 @@ class BenchCommand(BenchConfig):
     """Apply the glibc malloc settings of the other dico commands (for every model in the run); default: measure as
     in a plain Python process."""
     json: str | None = None  # also write the results to this JSON file
+    overwrite: bool = False  # replace an existing --json file
     quiet: bool = False  # no progress lines

@@ -20,3 +20,4 @@ class ConvertConfig:
     image_size: int = 256  # diffusers, official checkpoints: 256 or 512 px
     num_classes: int | None = None  # diffusers, official checkpoints: number of classes (1000)
     push_to_hub: str | None = None  # diffusers: also upload the folder to this Hub repo (needs network and a token)
+    overwrite: bool = False  # replace an existing OUT (a folder only if it is a dico pipeline folder)

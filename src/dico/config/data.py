@@ -5,8 +5,6 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
-from ..options import check_writable_parent
-
 
 @dataclass(kw_only=True)
 class ExtractLatentsConfig:
@@ -34,7 +32,4 @@ class ExportDataConfig:
 
     name: Annotated[Positional[Literal["digits"]], arg(metavar="NAME")]  # the data set (digits: the demo's images)
     out: str  # the .npz file to write
-
-    def __post_init__(self):
-        if isinstance(self.out, str):  # (not while the flag parser builds its defaults)
-            check_writable_parent("out", self.out)
+    overwrite: bool = False  # replace an existing --out (checked by dico.data.export_digits before any work)

@@ -23,5 +23,6 @@ class EvaluateConfig:
     batch_size: int | None = None  # images per batch (None: 200 on CUDA, 32 on CPU)
     device: str | None = None  # cuda, cuda:1, cpu, ... (None: cuda when available)
     json: str | None = None  # also write the metrics to this JSON file
+    overwrite: bool = False  # replace an existing --json file
     cache: bool = True  # read and write feature caches
     quiet: bool = False  # no progress bars

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from ..options import check_int, check_number, check_writable_parent, comma_separated
+from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_int, check_new_output,
+                       check_number, check_seed, check_steps, comma_separated)
 
 
 SAMPLE_FORMATS = {".png": ".png (a grid)", ".npz": ".npz (ADM format)"}  # what `dico sample` writes
@@ -49,18 +50,25 @@ class SamplingOptions:
     cache_guidance: bool = True  # DeepCache with guidance: cached steps reuse cond - uncond (off: run both halves)
 
     def __post_init__(self):
-        """Every value checked before any work, each error naming the option and what it accepts."""
+        self.check()
+
+    def check(self) -> None:
+        """Every value checked before any work, each error naming the option and what it accepts. The checks of the
+        values DiCoPipeline also takes (dico.options.check_steps, check_guidance_scale, check_seed,
+        check_guidance_channels) are those it runs, so a bad value gets the same message from either. Sampling
+        runs them again, for options changed after they were made."""
         self.guidance_interval = tuple(self.guidance_interval)
-        check_int("steps", self.steps, 1, none_ok=True)
+        if self.steps is not None:
+            self.steps = check_steps(self.steps)
+        self.cfg_scale = check_guidance_scale(self.cfg_scale)
+        self.seed = check_seed(self.seed)
+        self.guidance_channels = check_guidance_channels(self.guidance_channels)
         check_int("batch_size", self.batch_size, 1)
         check_int("cache_interval", self.cache_interval, 1)
         check_int("cache_depth", self.cache_depth, 1, 2)
-        check_number("cfg_scale", self.cfg_scale)
         check_number("eta", self.eta, 0)
         for name in ("atol", "rtol", "shift", "diffusion_norm", "last_step_size"):
             check_number(name, getattr(self, name), 0, low_open=True)
-        if self.guidance_channels != "all":
-            check_int("guidance_channels", self.guidance_channels, 1)
         interval = self.guidance_interval
         if len(interval) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in interval) or \
                 not 0 <= interval[0] <= interval[1] <= 1:
@@ -89,6 +97,7 @@ class SampleConfig(SamplingOptions):
     out: str  # samples.png (a grid) or samples.npz (ADM format)
     nrow: int | None = None  # images per grid row (None: a square grid)
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
+    overwrite: bool = False  # replace an existing --out (a .npz of the same run is otherwise reported complete)
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,8 +107,13 @@ class SampleConfig(SamplingOptions):
         check_int("image_size", self.image_size, 8)
         if self.image_size % 8:
             raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
-        if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)):
-            raise ValueError(f"--classes must be class ids >= 0, e.g. 1,2,3, got {self.classes!r}")
+        if self.classes is not None:
+            self.classes = tuple(check_class_ids(self.classes))
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
-            check_out_suffix(self.out)
-            check_writable_parent("out", self.out)
+            check_out_suffix(self.out)  # where --out may go is checked by dico.sampling.sample: one line
+
+
+def check_sample_output(out, overwrite: bool) -> None:
+    """`--out` can be written (checked by dico.sampling.sample before any work). An existing .npz is left to the
+    sampler, which reports a finished file of the same run complete and refuses any other without `overwrite`."""
+    check_new_output(out, overwrite or Path(out).suffix == ".npz", "out")

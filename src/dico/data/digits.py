@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..images import write_npz
+from ..options import check_new_output
 
 DIGITS_RESOLUTION = 8
 DIGITS_CLASSES = [str(d) for d in range(10)]
@@ -51,9 +52,10 @@ def digits_fingerprint() -> str:
     return hashlib.sha256(images.tobytes() + labels.astype("int64").tobytes()).hexdigest()
 
 
-def export_digits(path) -> Path:
+def export_digits(path, overwrite: bool = False) -> Path:
     """The demo's training images in ADM .npz format (`arr_0` uint8 NHWC, grey replicated to 3 channels;
-    `arr_1` labels), the reference for evaluating the demo."""
+    `arr_1` labels), the reference for evaluating the demo. An existing file is replaced only with `overwrite`."""
+    check_new_output(path, overwrite, "out")
     images, labels = load_digits_uint8()
     rgb = np.repeat(images[..., None], 3, axis=-1)
     return write_npz(path, [rgb], len(rgb), rgb.shape[1:], labels)

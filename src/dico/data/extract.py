@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..distributed import barrier, setup
-from .folders import ImageFolderDataset, folder_fingerprint
+from .folders import ImageFolderDataset, folder_fingerprint, name_some, unreadable_images
 from .latents import (DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES, channel_statistics,
                       create_latent_files, create_repa_files, open_done, open_moments, open_repa_features, read_meta,
                       write_json_atomic)
@@ -105,6 +105,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     env = setup(device)
     out = Path(out)
     dataset = ImageFolderDataset(data, image_size, flip=False)
+    _check_readable(dataset, env)
     vae_id = resolve_vae(vae)
     model = load_vae(vae_id, env.device)
     if repa_encoder is not None:
@@ -134,7 +135,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     state = _check_plan(out, plan)
     if state == "done":
         if env.main:
-            print(f"{out} already holds these latents ({plan['count']} images); nothing to do")
+            print(f"{out} already holds these latents ({plan['count']} images){_skipped_note(dataset)}; nothing to do")
         return _finish(out, owns_group)
     if state == "tokens":
         _add_tokens(dataset, out, plan, repa_encoder, env, batch_size, num_workers, max_batches, progress)
@@ -161,11 +162,34 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
             write_json_atomic(out / META, plan)  # last: marks the extraction finished
             for name in (DONE, PLAN):
                 (out / name).unlink(missing_ok=True)
-            print(f"wrote latents of {plan['count']} images to {out}")
+            print(f"wrote latents of {plan['count']} images to {out}{_skipped_note(dataset)}")
         else:
             left = int((~open_done(out, "r")).sum())
             print(f"stopped with {left} of {plan['count']} images left; run the same command again to resume")
     return _finish(out, owns_group)
+
+
+def _check_readable(dataset, env) -> None:
+    """Every image's header, the work split over the processes: all the unreadable files in one error (the first
+    NAMED named), before anything is loaded or written, rather than one bad file per run."""
+    bad = unreadable_images(dataset.paths[env.rank::env.world], dataset.root)
+    if env.world > 1:
+        parts = [None] * env.world
+        dist.all_gather_object(parts, bad)
+        bad = sorted(item for part in parts for item in part)
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(dataset)} images in {dataset.root} cannot be read; fix or remove "
+                         f"them and run again: {name_some(f'{path} ({reason})' for path, reason in bad)}")
+
+
+def _skipped_note(dataset) -> str:
+    """'; skipped N entries: path (reason), ...' for what the folder scan left out (link loops, broken links, second
+    links, non-image files), or ''."""
+    skipped = dataset.skipped
+    if not skipped:
+        return ""
+    noun = "entry" if len(skipped) == 1 else "entries"
+    return f"; skipped {len(skipped)} {noun}: {name_some(f'{path} ({reason})' for path, reason in skipped)}"
 
 
 def _my_batches(dataset, todo: np.ndarray, env, batch_size: int, num_workers: int, max_batches, progress: bool):

@@ -4,15 +4,17 @@
 Pixel values follow the official transform (ToTensor then Normalize(0.5, 0.5)): float32 CHW RGB in [-1, 1].
 """
 
+import errno
 import hashlib
 import os
 from pathlib import Path
+from stat import S_ISDIR
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from ..images import IMAGE_EXTENSIONS, read_rgb
+from ..images import EIGHT_BIT_MODES, IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, read_rgb
 from ..randomness import PURPOSES, keyed_generator
 
 # The last word of an item's augmentation key, (seed, PURPOSES["data"], epoch, index, AUGMENT_DRAW): it keeps the
@@ -43,34 +45,70 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_under(directory: str, seen: set) -> list:
-    """Image files below `directory`, recursively, in torchvision ImageFolder's order. Symbolic links are followed,
-    but every directory is entered once and every file taken once (by device and inode): a link loop or a second
-    link to the same images neither repeats nor relabels them. `seen` carries the files taken across classes."""
-    found, entered = [], set()
-    for parent, dirs, names in sorted(os.walk(directory, followlinks=True)):
-        identity = _identity(parent)
-        if identity in entered:
-            dirs[:] = []  # a loop or a second way into a directory already walked
-            continue
+# What a scan leaves out, and why (errno of the failed stat of a link's target).
+LINK_PROBLEMS = {errno.ELOOP: "a symbolic link loop", errno.ENOENT: "a broken link"}
+NAMED = 20  # messages name this many files, then say how many more
+
+
+def name_some(items, cap: int = NAMED) -> str:
+    """'a, b, c' or, past `cap` items, 'a, b, ... and N more'."""
+    items = list(items)
+    named = ", ".join(items[:cap])
+    return named if len(items) <= cap else f"{named} and {len(items) - cap} more"
+
+
+def _status(path: str):
+    """(device, inode, is a folder) of what `path` points to, or the reason it cannot be followed."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        return LINK_PROBLEMS.get(err.errno, err.strerror or type(err).__name__)
+    return stat.st_dev, stat.st_ino, S_ISDIR(stat.st_mode)
+
+
+def _images_under(directory: str, seen: set, skipped: list) -> list:
+    """Image files below `directory`, recursively, in torchvision ImageFolder's order (folders sorted by path,
+    files by name). Symbolic links are followed, but every folder is entered once and every file taken once (by
+    device and inode): a link loop or a second link to the same images neither repeats nor relabels them. `seen`
+    carries the files taken across classes; what is left out is added to `skipped` as (path, reason)."""
+    folders, entered = [], set()
+
+    def visit(folder: str, identity, ancestors: tuple):
         entered.add(identity)
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(parent, name)
-            identity = _identity(path)
-            if is_image_file(name) and identity is not None and identity not in seen:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            skipped.append((folder, f"cannot be listed: {err.strerror}"))
+            return
+        files = []
+        for entry in entries:
+            status = _status(entry.path)
+            if isinstance(status, str):
+                skipped.append((entry.path, status))
+            elif status[2] and status[:2] in ancestors:
+                skipped.append((entry.path, "a symbolic link loop"))
+            elif status[2] and status[:2] in entered:
+                skipped.append((entry.path, "a second link to a folder already read"))
+            elif status[2]:
+                visit(entry.path, status[:2], ancestors + (status[:2],))
+            else:
+                files.append((entry.name, status[:2]))
+        folders.append((folder, files))
+
+    status = _status(directory)
+    visit(directory, status[:2], (status[:2],))
+    found = []
+    for folder, files in sorted(folders):
+        for name, identity in files:
+            path = os.path.join(folder, name)
+            if not is_image_file(name):
+                skipped.append((path, "not an image file"))
+            elif identity in seen:
+                skipped.append((path, "a second link to an image already taken"))
+            else:
                 seen.add(identity)
                 found.append(path)
     return found
-
-
-def _identity(path: str):
-    """(device, inode) of what `path` points to, or None for a dangling link."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 def scan_image_folder(root) -> tuple:
@@ -80,21 +118,34 @@ def scan_image_folder(root) -> tuple:
     ImageNet's usual class indices; a folder holding images directly is unconditional (every label 0,
     class_names None).
     """
+    return scan_image_folder_and_skips(root)[:3]
+
+
+def scan_image_folder_and_skips(root) -> tuple:
+    """scan_image_folder's (paths, labels, class_names), and what it left out: (path relative to root, reason) of
+    every link loop, broken link, second link and non-image file."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    entries = list(os.scandir(root))
-    classes = sorted(e.name for e in entries if e.is_dir())
-    loose = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir()]
+    loose = [e.name for e in entries if e.is_file() and is_image_file(e.name)]
     if classes and loose:
         raise ValueError(f"{root} mixes class sub-folders ({classes[:3]}...) with loose images ({loose[:3]}...); "
                          "use either root/<class>/<image> (class-conditional) or root/<image> (unconditional)")
+    skipped = []
+    for entry in entries:
+        status = _status(entry.path)
+        if isinstance(status, str):
+            skipped.append((entry.path, status))
+        elif not status[2] and not is_image_file(entry.name):
+            skipped.append((entry.path, "not an image file"))
     if loose:
         paths = [str(root / name) for name in loose]
-        return paths, np.zeros(len(paths), dtype=np.int64), None
+        return paths, np.zeros(len(paths), dtype=np.int64), None, _relative(skipped, root)
     paths, labels, seen = [], [], set()
     for label, name in enumerate(classes):
-        found = _images_under(str(root / name), seen)
+        found = _images_under(str(root / name), seen, skipped)
         if not found:
             raise FileNotFoundError(f"class folder {root / name} holds no images "
                                     f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -103,7 +154,32 @@ def scan_image_folder(root) -> tuple:
     if not paths:
         raise FileNotFoundError(f"no images in {root}: expected root/<class>/<image> or root/<image> "
                                 f"with extensions {', '.join(IMAGE_EXTENSIONS)}")
-    return paths, np.asarray(labels, dtype=np.int64), classes
+    return paths, np.asarray(labels, dtype=np.int64), classes, _relative(skipped, root)
+
+
+def _relative(skipped: list, root: Path) -> list:
+    return [(os.path.relpath(path, root), reason) for path, reason in skipped]
+
+
+def unreadable_images(paths, root) -> list:
+    """(path relative to root, reason) of every file in `paths` whose header PIL cannot read, or whose pixel mode
+    has no 8-bit RGB reading: cheap (no pixels are decoded), so a folder's bad files are all found before any work."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                mode, size = image.mode, image.size
+        except UnidentifiedImageError:
+            bad.append((path, "not an image PIL can read"))
+            continue
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways of "bad file"
+            bad.append((path, str(err) or type(err).__name__))
+            continue
+        if mode not in EIGHT_BIT_MODES and mode not in SIXTEEN_BIT_MODES:
+            bad.append((path, f"pixel mode {mode!r} has no 8-bit RGB reading"))
+        elif min(size) < 1:
+            bad.append((path, "no pixels"))
+    return _relative(bad, Path(root))
 
 
 def folder_fingerprint(root, paths, labels) -> str:
@@ -133,7 +209,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"image size must be a positive number of pixels, got {image_size}")
         self.root = Path(root)
         self.image_size, self.seed, self.flip = int(image_size), int(seed), flip
-        self.paths, self.labels, self.class_names = scan_image_folder(self.root)
+        self.paths, self.labels, self.class_names, self.skipped = scan_image_folder_and_skips(self.root)
         self.num_classes = 0 if self.class_names is None else len(self.class_names)
         self.epoch = 0
 

@@ -15,6 +15,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..options import check_steps
 from .gaussian_diffusion import GaussianDiffusion
 from .schedules import named_beta_schedule, space_timesteps
 
@@ -63,8 +64,9 @@ class DiCoScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         steps = self.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not 1 <= int(num_inference_steps) <= steps:
-            raise ValueError(f"num_inference_steps must lie in 1..{steps}, got {num_inference_steps!r}")
+        if check_steps(num_inference_steps) > steps:  # 2.5 is refused, not run as 2
+            raise ValueError(f"--steps (num_inference_steps) must be an integer in [1, {steps}], "
+                             f"got {num_inference_steps!r}")
         self.num_inference_steps = int(num_inference_steps)
         self.kept = np.array(space_timesteps(steps, str(self.num_inference_steps)), dtype=np.int64)
         self.index_of = {int(t): i for i, t in enumerate(self.kept)}

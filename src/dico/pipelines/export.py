@@ -5,9 +5,11 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from ..cache import atomic_write
 from ..checkpoints import load_pretrained
 from ..data import load_vae
 from ..objectives import objective_from_dict
+from ..options import check_new_output
 from .models import as_component
 from .pipeline import DiCoPipeline
 
@@ -67,16 +69,24 @@ def class_names_of(checkpoint: dict):
 
 
 def save_pipeline(checkpoint_source, out_dir, vae=None, name: str | None = None, image_size: int = 256,
-                  num_classes: int | None = None) -> Path:
+                  num_classes: int | None = None, overwrite: bool = False) -> Path:
     """Write a diffusers pipeline folder (safetensors weights, model_index.json, README.md model card) from a
     checkpoint or another pipeline folder; returns the folder. Loads offline with
     `DiCoPipeline.from_pretrained(out_dir)` or `diffusers.DiffusionPipeline.from_pretrained(out_dir,
-    trust_remote_code=True)`."""
+    trust_remote_code=True)`.
+
+    An existing pipeline folder is replaced only with `overwrite`, and whole: the new folder is written beside it
+    and swapped in, so old and new files never mix. A non-empty folder that is not a dico pipeline is never
+    written into."""
     out_dir = Path(out_dir)
+    check_new_output(out_dir, overwrite, folder=True)
     pipe, checkpoint = pipeline_and_checkpoint(checkpoint_source, name, vae, image_size, num_classes)
-    pipe.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(model_card(pipe, checkpoint, str(checkpoint_source), name))
-    return out_dir
+
+    def write(partial):
+        pipe.save_pretrained(partial)
+        (partial / "README.md").write_text(model_card(pipe, checkpoint, str(checkpoint_source), name))
+
+    return atomic_write(out_dir, write)
 
 
 def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str | None = None) -> str:

@@ -31,6 +31,7 @@ from ..conditioning import ClassLabels
 from ..data import LATENT_SCALE, decode_latents
 from ..images import to_uint8
 from ..objectives import objective_from_dict
+from ..options import check_class_ids, check_guidance_channels, check_guidance_scale, check_seed, check_steps
 from ..randomness import PURPOSES, keyed_generator
 from ..sampling.guided import Denoiser, Guidance, keyed_noise, keyed_step_noise
 
@@ -51,9 +52,7 @@ def flow_sigmas(num_inference_steps: int) -> list:
     """The sigmas (one per step, the scheduler appends the final 0) of dico's uniform Euler grid: with them,
     FlowMatchEulerDiscreteScheduler(shift=1) steps exactly where `dico sample --method euler
     --steps num_inference_steps+1` does (t = 1 - sigma = linspace(0, 1, N + 1))."""
-    if isinstance(num_inference_steps, bool) or int(num_inference_steps) < 1:
-        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps!r}")
-    n = int(num_inference_steps)
+    n = check_steps(num_inference_steps)
     return (1 - torch.linspace(0, 1, n + 1, dtype=torch.float32))[:-1].tolist()
 
 
@@ -134,13 +133,13 @@ class DiCoPipeline(DiffusionPipeline):
             raise ValueError("class_labels is required: one class id or name per image")
         if isinstance(class_labels, (int, str)) or torch.is_tensor(class_labels) and class_labels.ndim == 0:
             class_labels = [class_labels]
-        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in list(class_labels)]
-        if not ids:
+        if torch.is_tensor(class_labels):
+            items = class_labels.cpu().reshape(-1)
+        else:
+            items = [self.get_label_ids(c)[0] if isinstance(c, str) else c for c in list(class_labels)]
+        if len(items) == 0:
             raise ValueError("class_labels is empty: ask for at least one image")
-        bad = [c for c in ids if not 0 <= c < max(num_classes, 1)]
-        if bad:
-            raise ValueError(f"class ids must lie in [0, {num_classes}), got {bad}")
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor(check_class_ids(items, num_classes), dtype=torch.long)  # 1.5 is refused, not made 1
 
     # ---------------------------------------------------------------------------------------------- sampling
 
@@ -164,6 +163,13 @@ class DiCoPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if seed is not None and generator is not None:
             raise ValueError("pass either seed (dico's keyed noise) or generator (diffusers' noise), not both")
+        # The checks (and messages) of `dico sample`'s flags, before any work.
+        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_channels = check_guidance_channels(guidance_channels)
+        if seed is not None:
+            seed = check_seed(seed)
+        if sigmas is None:
+            num_inference_steps = check_steps(num_inference_steps)
         model = self.transformer
         device = self._execution_device
         cond = ClassLabels(self.label_tensor(class_labels).to(device), model.config.num_classes)
@@ -174,12 +180,11 @@ class DiCoPipeline(DiffusionPipeline):
         if sigmas is not None:
             if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
                 raise ValueError(f"{type(self.scheduler).__name__} takes no custom sigmas; use num_inference_steps")
-            self.scheduler.set_timesteps(sigmas=[float(s) for s in np.asarray(sigmas, dtype=np.float64).ravel()],
-                                         device=device)
+            sigmas = np.asarray(sigmas, dtype=np.float64).ravel()
+            if not len(sigmas) or not np.isfinite(sigmas).all() or (sigmas < 0).any():
+                raise ValueError(f"sigmas must be one or more finite numbers >= 0, got {sigmas.tolist()}")
+            self.scheduler.set_timesteps(sigmas=[float(s) for s in sigmas], device=device)
         else:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or \
-                    num_inference_steps < 1:
-                raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
             self.scheduler.set_timesteps(num_inference_steps, device=device)
 
         shape = (channels, size, size)

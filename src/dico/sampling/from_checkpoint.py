@@ -8,7 +8,8 @@ from ..checkpoints import load_pretrained
 from ..distributed import barrier, setup, teardown
 from ..images import save_grid
 from ..config import SampleConfig
-from ..config.sampling import check_out_suffix
+from ..config.sampling import check_out_suffix, check_sample_output
+from ..options import check_class_ids
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
@@ -23,19 +24,18 @@ def sample(config: SampleConfig) -> Path | None:
     ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None."""
     out = Path(config.out)
     check_out_suffix(out)
+    check_sample_output(out, config.overwrite)
     options = sampling_options(config)  # checked before any work
     env = setup(config.device)
     loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,
                              config.num_classes)
     model, space = loaded.model.to(env.device), loaded.output_space()
-    classes = list(config.classes) if config.classes else None
-    if classes and any(not 0 <= c < model.num_classes for c in classes):
-        raise ValueError(f"--classes must lie in [0, {model.num_classes}), got {classes}")
+    classes = check_class_ids(config.classes, model.num_classes) if config.classes is not None else None
     path = None
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, config.num_samples, options, classes, env.rank, env.world,
                              env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
-                             objective=loaded.objective)
+                             objective=loaded.objective, overwrite=config.overwrite)
     elif env.main:
         indices = list(range(config.num_samples))
         labels = image_labels(indices, model.num_classes, config.seed, classes)

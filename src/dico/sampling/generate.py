@@ -19,6 +19,7 @@ from ..data import OutputSpace, load_vae
 from ..images import save_grid, to_uint8, write_npz
 from ..config import SamplingOptions
 from ..config.sampling import check_out_suffix
+from ..options import check_class_ids, check_new_output
 from ..objectives import objective_from_dict
 from ..randomness import PURPOSES, keyed_randint
 from .guided import sample_latents
@@ -103,15 +104,21 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None, objective=None) -> Path | None:
+                  run_info: dict | None = None, objective=None, overwrite: bool = False) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
     it is done, under `<out>.parts/`. A rerun with the same settings skips finished shards; different settings are
     refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
+    An existing `out` sampled with the same settings is reported complete; any other is refused unless `overwrite`,
+    and then replaced at the end in one rename.
     """
     out = Path(out)
     check_out_suffix(out, (".npz",))
+    check_new_output(out, True, "out")
+    options.check()
+    if classes is not None:
+        classes = check_class_ids(classes, model.num_classes)
     parts = out.with_name(out.name + ".parts")
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.
@@ -120,14 +127,14 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
                                       "objective": objective_from_dict(objective).to_dict(),
                                       "weights": weights_digest(model),
                                       **(run_info or {})}))
-    if out.exists():
+    if out.exists() and not overwrite:
         finished = finished_settings(out)
         if finished == settings:
             if rank == 0 and progress:
                 print(f"{out} is already complete with these settings")
             return out if rank == 0 else None
         raise ValueError(f"{out} already exists" + (" and was written with other settings" if finished else "") +
-                         "; choose another --out or remove it (it is never overwritten)")
+                         "; pass --overwrite to replace it")
     manifest = parts / "settings.json"
     parts.mkdir(parents=True, exist_ok=True)
     if manifest.exists():

@@ -16,18 +16,20 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models import FeatureCache, combine_guidance, resolve_guidance_channels
+from ..options import check_guidance_channels, check_guidance_scale, check_seed
 from ..randomness import PURPOSES, keyed_randn
 
 
 def keyed_noise(seed: int, indices, shape, device=None) -> torch.Tensor:
     """The initial noise of the images with these indices: (len(indices), *shape)."""
+    seed = check_seed(seed)
     return keyed_randn([(seed, PURPOSES["sample_init"], i) for i in indices], shape, device)
 
 
 def keyed_step_noise(seed: int, indices, shape, device=None, copies: int = 1):
     """step_noise(step, full_shape): the fresh noise of a sampler step for these images, repeated `copies` times
     (a guided state holds every image twice)."""
-    indices = list(indices)
+    indices, seed = list(indices), check_seed(seed)
 
     def step_noise(step, full_shape=None):
         eps = keyed_randn([(seed, PURPOSES["sample_step"], i, step) for i in indices], shape, device)
@@ -62,6 +64,11 @@ class Guidance:
     channels: int | str = 3
     interval: tuple = (0.0, 1.0)
     strategy: ClassifierFree = field(default_factory=ClassifierFree)
+
+    def __post_init__(self):
+        # Every sampler, the pipeline and the demo guide through here: a NaN scale would make NaN images.
+        self.scale = check_guidance_scale(self.scale)
+        self.channels = check_guidance_channels(self.channels)
 
     @classmethod
     def from_options(cls, options) -> "Guidance":
@@ -172,6 +179,7 @@ def sample_latents(model, objective, cond, options, indices, shape, device, prog
     """The model's samples (before any decoding) for the images with these indices and conditions: (N, *shape).
 
     `objective` (dico.objectives) runs its sampler by `options` (SamplingOptions) on the guided `Denoiser`."""
+    options.check()  # again: options may have been changed since they were made
     denoiser = Denoiser(model, cond, Guidance.from_options(options), objective.flow_time,
                         CacheOptions.from_options(options))
     noise = denoiser.layout(keyed_noise(options.seed, indices, shape, device))

@@ -8,6 +8,7 @@ returns is the result (the sample; for the likelihood, the latent reached from t
 import torch
 from torchdiffeq import odeint
 
+from ..options import check_steps
 from ..randomness import StepNoise, keyed_generator
 from .paths import VPPath, expand_like
 from .transport import TRANSPORT_PURPOSES, Transport
@@ -30,7 +31,7 @@ def shift_time(t, shift: float):
 
 def time_grid(t0: float, t1: float, num_steps: int, shift: float = 1.0, dtype=torch.float32) -> torch.Tensor:
     """`num_steps` times from t0 to t1, evenly spaced (SiT), then shifted within [min, max] of the interval."""
-    if num_steps < 2:
+    if check_steps(num_steps, "num_steps") < 2:
         raise ValueError(f"a time grid needs at least 2 points, got num_steps={num_steps}")
     t = torch.linspace(t0, t1, num_steps, dtype=dtype)
     if shift != 1.0:
