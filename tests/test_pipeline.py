@@ -331,7 +331,7 @@ def test_push_to_hub_without_network_says_what_to_do(folder):
     with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(RuntimeError, match="network access and a write token"):
+    with pytest.raises(OSError, match="network access and a write token"):
         push_to_hub(folder, "someone/dico-digits", token="hf_not_a_real_token", endpoint=f"http://127.0.0.1:{port}")
     with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
         push_to_hub(folder / "transformer", "someone/dico-digits")

@@ -4,6 +4,8 @@ of read-only inputs), and how it writes and reuses such a file."""
 import os
 from pathlib import Path
 
+from .options import honour_umask
+
 
 def cache_dir() -> Path:
     """$DICO_CACHE_DIR, else $XDG_CACHE_HOME/dico, else ~/.cache/dico."""
@@ -21,6 +23,7 @@ def atomic_write(path, write, suffix: str = "") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
+        honour_umask(partial)  # safetensors' writer makes its files private
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -75,8 +75,15 @@ def save_pipeline(checkpoint_source, out_dir, vae=None, name: str | None = None,
     out_dir = Path(out_dir)
     pipe, checkpoint = pipeline_and_checkpoint(checkpoint_source, name, vae, image_size, num_classes)
     pipe.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(model_card(pipe, checkpoint, str(checkpoint_source), name))
+    (out_dir / "README.md").write_text(model_card(pipe, checkpoint, public_name(checkpoint_source), name))
     return out_dir
+
+
+def public_name(source) -> str:
+    """What a model card may say a model came from: a local file's name, never its path on this machine; a Hub id
+    or an official model name as given."""
+    path = Path(str(source)).expanduser()
+    return path.name if path.exists() else str(source)
 
 
 def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str | None = None) -> str:
@@ -134,9 +141,10 @@ def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None 
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, commit_message="Upload DiCo pipeline (dico)")
-    except Exception as err:  # offline, no token, no rights: say what and how to fix
-        raise RuntimeError(
-            f"could not upload {out_dir} to the Hugging Face Hub repo {repo_id!r}: {type(err).__name__}: {err}. "
-            "Uploading needs network access and a write token (`hf auth login` or HF_TOKEN); the folder is "
+    except Exception as err:  # offline, no token, no rights: the user's to fix, so one line and exit 2 (an OSError)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(
+            f"could not upload {out_dir} to the Hugging Face Hub repo {repo_id!r} ({type(err).__name__}: {reason}); "
+            "uploading needs network access and a write token (`hf auth login` or HF_TOKEN); the folder is "
             "complete and can be uploaded later with `hf upload`") from err
     return str(url)
