@@ -138,6 +138,7 @@ def test_stale_temporary_parts_are_removed_and_checkpoints_honour_the_umask(tmp_
         os.umask(old)
     assert not stale.exists()
     assert final.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644  # written through mkstemp (0600 alone)
 
 
 def test_a_failed_start_leaves_nothing_behind(tmp_path):
