@@ -129,3 +129,33 @@ def run_child(cmd, timeout: float, **popen_options) -> subprocess.CompletedProce
             out, err = proc.communicate()
             raise subprocess.TimeoutExpired(cmd, timeout, out, err) from expired
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+class no_warnings:
+    """`with no_warnings():` fails the block on any warning a user would see: Python's (raised as errors where they
+    are issued) and those libraries log (diffusers' logger does not propagate to the root one: watched by name)."""
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self.logged = []
+        self.watcher = logging.Handler(logging.WARNING)
+        self.watcher.emit = self.logged.append
+        self.loggers = [logging.getLogger(), logging.getLogger("diffusers")]
+        for logger in self.loggers:
+            logger.addHandler(self.watcher)
+        self.caught = warnings.catch_warnings()
+        self.caught.__enter__()
+        warnings.simplefilter("error")
+        # What Python itself hides from a command's user (warnings addressed to the developers of a library, e.g.
+        # numpy 2's DeprecationWarning inside diffusers' DPMSolver) is not a warning on the user's path.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        return self
+
+    def __exit__(self, *error):
+        self.caught.__exit__(*error)
+        for logger in self.loggers:
+            logger.removeHandler(self.watcher)
+        if error[0] is None:
+            assert not self.logged, [record.getMessage() for record in self.logged]

@@ -67,6 +67,17 @@ def test_convert_writes_safetensors_that_load_back(official_checkpoint, tmp_path
     assert dico.load_model(out).config.depth == [1, 1, 1, 1, 1]
 
 
+
+def test_a_converted_file_honours_the_umask(official_checkpoint, tmp_path):
+    path, _, _ = official_checkpoint
+    old = os.umask(0o022)
+    try:
+        out = dico.checkpoints.convert(path, tmp_path / "tiny.safetensors")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644  # safetensors' writer alone makes it 0600
+
+
 def test_hub_files_resolve_through_the_huggingface_cache(official_checkpoint, tmp_path, monkeypatch):
     path, _, ema = official_checkpoint
     cache = tmp_path / "hub"

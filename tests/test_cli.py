@@ -432,3 +432,24 @@ def test_the_sample_command_is_a_library_function(first_run, tmp_path, capsys):
         with np.load(tmp_path / "cli.npz") as command:
             np.testing.assert_array_equal(library["arr_0"], command["arr_0"])
             assert list(command["arr_1"]) == [4, 4, 4]
+
+
+def test_sample_help_says_what_it_does_with_an_official_checkpoint_without_model(tmp_path, capsys, monkeypatch):
+    """`--model` is not required for official checkpoints: the size is inferred from the weights, as help says."""
+    import argparse
+
+    from dico.models import build_model, model_spec
+    from helpers import TINY, save_tiny_vae
+
+    text = " ".join(help_text("sample", capsys).split())
+    assert "required for official" not in text and "inferred from official weights" in text
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    network = build_model(model_spec("DiCo-Tiny", in_channels=4, num_classes=10, **TINY))
+    official = tmp_path / "official.pt"  # the release's layout: no spec, no output space, argparse args
+    torch.save({"model": network.state_dict(), "ema": network.state_dict(),
+                "args": argparse.Namespace(model="DiCo-Tiny")}, official)
+    out = tmp_path / "x.png"
+    code = main(["sample", "--ckpt", str(official), "--vae", str(save_tiny_vae(tmp_path / "vae")), "--image-size",
+                 "32", "--steps", "2", "--num-samples", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert out.is_file()

@@ -6,6 +6,7 @@ weights. Images are few and small because Inception at 299x299 costs ~0.3 s per 
 """
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -34,7 +35,7 @@ from dico.evaluation import (
     open_image_source,
     precision_recall,
 )
-from dico.evaluation.digits import train_digits_classifier
+from dico.evaluation.digits import DigitsClassifier, load_digits_classifier, train_digits_classifier
 from dico.evaluation.images import read_labels
 
 NUM_IMAGES = 12  # per set: enough for k=3 precision/recall, few enough for CPU Inception
@@ -500,6 +501,19 @@ def test_digits_classifier_training_is_deterministic_and_reads_other_resolutions
     # The same digits at 8x8 (native) and 16x16 reach the classifier as the same 16x16 input up to resampling.
     native = torch.from_numpy(digits_images(resolution=8)[0][:5]).permute(0, 3, 1, 2)
     assert DigitsClassifier.prepare(native).shape == (5, 1, 16, 16)
+
+
+
+def test_the_cached_digits_classifier_honours_the_umask(tmp_path, monkeypatch):
+    import dico.evaluation.digits as digits
+
+    monkeypatch.setattr(digits, "train_digits_classifier", DigitsClassifier)  # any weights: the file's mode counts
+    old = os.umask(0o022)
+    try:
+        _, path = load_digits_classifier(tmp_path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # safetensors' writer alone makes it 0600
 
 
 def test_cli_digits_json(digits_sets, tmp_path, capsys):

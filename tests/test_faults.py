@@ -7,6 +7,7 @@ clear message instead of a traceback.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -137,6 +138,7 @@ def test_stale_temporary_parts_are_removed_and_checkpoints_honour_the_umask(tmp_
         os.umask(old)
     assert not stale.exists()
     assert final.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644  # written through mkstemp (0600 alone)
 
 
 def test_a_failed_start_leaves_nothing_behind(tmp_path):
@@ -463,6 +465,54 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(line, named, tiny_checkp
 def one_line(err: str) -> str:
     """The message with the flag parser's box (which wraps long lines) taken away."""
     return " ".join(err.replace("│", " ").split())
+
+
+
+# --- failures the user can fix (no network, a damaged folder, a method the model lacks): one line, exit 2 ----------
+
+USER_FIXABLE = [
+    ("evaluate {images} {images}", "--inception-weights FILE"),
+    ("convert {ckpt} {tmp}/pipe --format diffusers --push-to-hub someone/dico", "needs network access"),
+    ("convert {no_weights} {tmp}/again --format diffusers", "diffusion_pytorch_model.safetensors: no such file"),
+    ("convert {wrong_size} {tmp}/again --format diffusers", "config.json does not fit its weights"),
+    ("sample --ckpt {flow} --method ddim --out {tmp}/x.png", "--sampler ode takes euler, midpoint"),
+    ("sample --ckpt {flow} --sampler sde --method rk4 --out {tmp}/x.png", "--sampler sde takes Euler, Heun"),
+]
+
+
+@pytest.mark.parametrize("line,named", USER_FIXABLE, ids=[line.split(" {")[0] for line, _ in USER_FIXABLE])
+def test_failures_the_user_can_fix_are_one_line_and_never_called_unexpected(line, named, tiny_checkpoint, tmp_path,
+                                                                            capsys, monkeypatch):
+    import huggingface_hub
+
+    from dico.evaluation import inception
+    from dico.objectives import FlowObjective
+    from dico.pipelines import save_pipeline
+
+    with socket.socket() as s:  # a port nothing listens on: every download and upload is refused, as offline
+        s.bind(("127.0.0.1", 0))
+        offline = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(inception, "INCEPTION_WEIGHTS_URL", f"{offline}/{inception.INCEPTION_WEIGHTS_FILENAME}")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached Inception weights
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", offline)
+    images = tmp_path / "images.npz"
+    np.savez(images, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    folders = {}
+    if "{no_weights}" in line or "{wrong_size}" in line:
+        folders["no_weights"] = save_pipeline(tiny_checkpoint, tmp_path / "no-weights")
+        (folders["no_weights"] / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+        folders["wrong_size"] = save_pipeline(tiny_checkpoint, tmp_path / "wrong-size")
+        config = folders["wrong_size"] / "transformer" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "hidden_size": 32}))
+    flow = tmp_path / "flow.pt"
+    atomic_save({**torch.load(tiny_checkpoint, weights_only=True), "objective": FlowObjective().to_dict()}, flow)
+    code = cli(line.format(tmp=tmp_path, ckpt=tiny_checkpoint, images=images, flow=flow, **folders).split())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    command = line.split()[0]
+    assert err.splitlines()[-1].startswith(f"dico {command}: error: ") and named in err.splitlines()[-1], err
+    assert sum("error" in row for row in err.splitlines()) == 1 and "unexpected" not in err, err
+    assert "Traceback" not in err and not (tmp_path / "x.png").exists()
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):

@@ -3,6 +3,7 @@
 import importlib
 import inspect
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from dico.models import DiCo, DiT, build_model, model_spec
 from dico.objectives import FlowObjective
 from dico.sampling import OutputSpace, SamplingOptions, generate
 from dico.transport.sampler import time_grid
+from helpers import no_warnings
 
 pytest.importorskip("diffusers")
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline,  # noqa: E402
@@ -327,11 +329,42 @@ def test_model_card_fills_every_field_of_its_template_for_either_objective(folde
     assert "FlowMatchHeunDiscreteScheduler" in flow and "The checkpoint does not record its training recipe." in flow
 
 
+
+def test_a_pixel_folder_records_no_latent_scale_names_no_local_path_and_honours_the_umask(checkpoint, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = save_pipeline(checkpoint, tmp_path / "pixels")  # an absolute path to a local checkpoint
+    finally:
+        os.umask(old)
+    assert json.loads((out / "model_index.json").read_text())["latent_scale"] is None  # pixels are not scaled
+    card = (out / "README.md").read_text()
+    assert f"`{checkpoint.name}`" in card and str(checkpoint.parent) not in card
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes["transformer/diffusion_pytorch_model.safetensors"] == 0o644  # safetensors alone writes 0600
+    assert set(modes.values()) == {0o644}, modes
+    assert DiCoPipeline.from_pretrained(out).config.latent_scale is None
+
+
+def test_the_readme_scheduler_swap_and_the_demo_samplers_warn_of_nothing(folder):
+    with no_warnings():
+        pipe = DiCoPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # as the README does
+        pipe(["3", "7"], num_inference_steps=3, seed=0)
+        made = {name: make(pipe.scheduler.config) for name, make in pipe.objective.pipeline_samplers().items()}
+    assert [type(s).__name__ for s in made.values()] == ["DiCoScheduler", "DiCoScheduler",
+                                                         "DPMSolverMultistepScheduler"]
+    # sampler and eta still round-trip through a config: dropped for other schedulers only at their defaults
+    ddim = DiCoScheduler.from_config(DiCoScheduler(sampler="ddim", eta=0.5).config)
+    assert (ddim.config.sampler, ddim.config.eta) == ("ddim", 0.5)
+    assert DiCoScheduler.from_config(made["DDIM"].config).config.sampler == "ddim"
+
+
 def test_push_to_hub_without_network_says_what_to_do(folder):
     with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(RuntimeError, match="network access and a write token"):
+    with pytest.raises(OSError, match="network access and a write token"):
         push_to_hub(folder, "someone/dico-digits", token="hf_not_a_real_token", endpoint=f"http://127.0.0.1:{port}")
     with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
         push_to_hub(folder / "transformer", "someone/dico-digits")

@@ -112,8 +112,12 @@ def test_invalid_configurations_are_refused():
         create_transport(time_sampling="beta")
     with pytest.raises(ValueError, match="SBDM"):  # SiT returns NaN samples here
         Sampler(create_transport()).sample_sde()
-    with pytest.raises(ValueError, match="SDE method"):
+    with pytest.raises(ValueError, match="'RK4' cannot sample a flow model with --sampler sde; .* takes Euler, Heun$"):
         Sampler(create_transport()).sample_sde(sampling_method="RK4", diffusion_form="sigma")
+    for method in ("ddim", "scipy_solver"):  # a DDPM method; torchdiffeq's scipy wrapper (its own steps, no grid)
+        with pytest.raises(ValueError, match=f"'{method}' cannot sample a flow model with --sampler ode; --sampler "
+                                             "ode takes euler, midpoint, .*, adaptive_heun; --sampler sde"):
+            Sampler(create_transport()).sample_ode(sampling_method=method)
 
 
 def test_flow_objective_round_trips_and_builds_its_transport():

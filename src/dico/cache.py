@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from .interrupts import stop_if_signalled
+from .options import honour_umask
 
 
 def cache_dir() -> Path:
@@ -26,6 +27,8 @@ def atomic_write(path, write, suffix: str = "") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
+        if partial.is_file():  # safetensors' writer and mkstemp make files private (a folder's writer sees to its own)
+            honour_umask(partial)
         stop_if_signalled()  # a swallowed Ctrl-C must not make the output final
         replace_with(partial, path)
     except BaseException:

@@ -26,7 +26,7 @@ from .data import OutputSpace, check_vae_matches, resolve_vae
 from .interrupts import stop_if_signalled
 from .models import MODELS, build_model, model_spec
 from .objectives import Objective, objective_from_dict
-from .options import check_new_output
+from .options import check_new_output, new_file_mode
 
 # Prefixes added by DistributedDataParallel and torch.compile; a state dict saved from a wrapper loads all the same.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -443,12 +443,6 @@ def load_model(source, name: str | None = None, weights: str = "ema", **override
     return load_pretrained(source, name, weights, **overrides).model
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj, path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename: a crash never leaves a half file.
     The file gets the permissions the umask gives new files (mkstemp alone would make it private to us)."""
@@ -456,7 +450,7 @@ def atomic_save(obj, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             try:
                 torch.save(obj, f)

@@ -69,8 +69,24 @@ def write_yaml(config, path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(to_yaml(config))
+    honour_umask(tmp)
     os.replace(tmp, path)
     return path
+
+
+def new_file_mode() -> int:
+    """The permissions the umask gives a new file (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def honour_umask(*paths) -> None:
+    """Give files written through a private temporary file (mkstemp and safetensors' writer make them 0600) the
+    permissions of any other new file, so that they read like their siblings."""
+    mode = new_file_mode()
+    for path in paths:
+        os.chmod(path, mode)
 
 
 def read_yaml(path) -> dict:

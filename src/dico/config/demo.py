@@ -8,7 +8,7 @@ class DemoConfig:
     """Serve a web page that samples a model: classes by name, number of images, guidance, steps, sampler, seed.
     Needs the web demo's extra: pip install 'dico-diffusion[demo]'."""
 
-    ckpt: str  # a checkpoint (ours, official with --model, a Hub file) or a pipeline folder from dico convert
+    ckpt: str  # a checkpoint (ours, official, a Hub file) or a pipeline folder from dico convert
     port: int = 7860
     host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
     model: str | None = None  # official checkpoints: the model name (inferred when left out)

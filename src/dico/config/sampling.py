@@ -79,14 +79,14 @@ class SamplingOptions:
 
 @dataclass(kw_only=True)
 class SampleConfig(SamplingOptions):
-    """Sample images from a checkpoint: ours, an official one (then --model is required) or a Hub file.
+    """Sample images from a checkpoint: ours, an official one (its size inferred from the weights) or a Hub file.
 
     The sampling options are SamplingOptions' (method and steps default to what the checkpoint's objective calls
     for); these add where the model comes from and where the images go.
     """
 
-    ckpt: str  # checkpoint: ours, official (needs --model) or owner/repo/file
-    model: str | None = None  # model name; required for official checkpoints
+    ckpt: str  # checkpoint: ours, official (model inferred from the weights) or owner/repo/file
+    model: str | None = None  # model name (None: recorded in ours, inferred from official weights)
     weights: Literal["ema", "model"] = "ema"
     image_size: int = 256  # official latent models: 256 or 512 px
     num_classes: int | None = None  # official models: number of classes (1000)

@@ -55,8 +55,11 @@ class DiCoScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.betas = named_beta_schedule(beta_schedule, num_train_timesteps)
         # diffusers' from_config drops keys a config left at their defaults, so that the new scheduler uses its own
-        # (DDIMScheduler clips x_0 by default, wrong for latents); every key here defines the process: keep them all.
-        self.register_to_config(_use_default_values=[])
+        # (DDIMScheduler clips x_0 by default, wrong for latents). Every key but two defines the process: keep them.
+        # `sampler` and `eta` only choose this scheduler's algorithm: at their defaults they are dropped, so that
+        # `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)` is not told of keys it cannot use.
+        self.register_to_config(_use_default_values=[name for name, value, default in (
+            ("sampler", sampler, "ddpm"), ("eta", eta, 0.0)) if value == default])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.processes = {}

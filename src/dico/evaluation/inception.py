@@ -61,12 +61,12 @@ def _downloaded_weights() -> Path:
     if not target.is_file():
         try:
             torch.hub.load_state_dict_from_url(INCEPTION_WEIGHTS_URL, progress=True, map_location="cpu")
-        except Exception as err:
-            raise RuntimeError(
-                f"could not download the Inception weights ({type(err).__name__}: {err}). On an offline machine, "
-                f"fetch {INCEPTION_WEIGHTS_URL} elsewhere and pass the file with --inception-weights "
-                f"(or inception_weights=...), or place it at {target}"
-            ) from err
+        except Exception as err:  # offline, a proxy, a firewall: the user can fetch the file and point to it
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConnectionError(
+                f"could not download the Inception weights ({reason}); on an offline machine fetch "
+                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass it with --inception-weights FILE "
+                f"(inception_weights=... in Python), or place it at {target}") from err
     return target
 
 

@@ -84,9 +84,16 @@ def save_pipeline(checkpoint_source, out_dir, vae=None, name: str | None = None,
 
     def write(partial):
         pipe.save_pretrained(partial)
-        (partial / "README.md").write_text(model_card(pipe, checkpoint, str(checkpoint_source), name))
+        (partial / "README.md").write_text(model_card(pipe, checkpoint, public_name(checkpoint_source), name))
 
     return atomic_write(out_dir, write)
+
+
+def public_name(source) -> str:
+    """What a model card may say a model came from: a local file's name, never its path on this machine; a Hub id
+    or an official model name as given."""
+    path = Path(str(source)).expanduser()
+    return path.name if path.exists() else str(source)
 
 
 def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str | None = None) -> str:
@@ -144,9 +151,10 @@ def push_to_hub(out_dir, repo_id: str, private: bool = False, token: str | None 
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, commit_message="Upload DiCo pipeline (dico)")
-    except Exception as err:  # offline, no token, no rights: say what and how to fix
-        raise RuntimeError(
-            f"could not upload {out_dir} to the Hugging Face Hub repo {repo_id!r}: {type(err).__name__}: {err}. "
-            "Uploading needs network access and a write token (`hf auth login` or HF_TOKEN); the folder is "
+    except Exception as err:  # offline, no token, no rights: the user's to fix, so one line and exit 2 (an OSError)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(
+            f"could not upload {out_dir} to the Hugging Face Hub repo {repo_id!r} ({type(err).__name__}: {reason}); "
+            "uploading needs network access and a write token (`hf auth login` or HF_TOKEN); the folder is "
             "complete and can be uploaded later with `hf upload`") from err
     return str(url)

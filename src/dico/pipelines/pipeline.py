@@ -19,6 +19,7 @@ float rounding of 1 - (1 - t)). Shifts: dico's --shift s is the scheduler's shif
 import difflib
 import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ from ..conditioning import ClassLabels
 from ..data import LATENT_SCALE, decode_latents
 from ..images import to_uint8
 from ..objectives import objective_from_dict
-from ..options import check_class_ids, check_guidance_channels, check_guidance_scale, check_seed, check_steps
+from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_seed, check_steps,
+                       honour_umask)
 from ..randomness import PURPOSES, keyed_generator
 from ..sampling.guided import Denoiser, Guidance, keyed_noise, keyed_step_noise
 
@@ -46,6 +48,18 @@ from dico.pipelines import DiCoPipeline
 
 __all__ = ["DiCoPipeline"]
 '''
+
+
+def check_weights_present(folder: Path) -> None:
+    """A FileNotFoundError naming the file when a model component of the pipeline folder has no weights file."""
+    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+    for name in ("transformer", "vae"):
+        part = folder / name
+        if not isinstance(index.get(name), list) or None in index[name] or not (part / "config.json").is_file():
+            continue  # not a component of this folder (a pixel model has no vae)
+        if not any(part.glob("diffusion_pytorch_model*.safetensors")) and not any(part.glob("*.bin")):
+            raise FileNotFoundError(f"{part / 'diffusion_pytorch_model.safetensors'}: no such file; the pipeline "
+                                    "folder is incomplete (convert the checkpoint again)")
 
 
 def flow_sigmas(num_inference_steps: int) -> list:
@@ -72,7 +86,7 @@ class DiCoPipeline(DiffusionPipeline):
     _optional_components = ["vae"]
 
     def __init__(self, transformer, scheduler, vae=None, id2label: dict | None = None, sample_size: int | None = None,
-                 latent_scale: float = LATENT_SCALE, objective: dict | None = None):
+                 latent_scale: float | None = LATENT_SCALE, objective: dict | None = None):
         super().__init__()
         if objective is not None:
             objective = objective_from_dict(objective)
@@ -84,7 +98,8 @@ class DiCoPipeline(DiffusionPipeline):
         if sample_size is None:
             raise ValueError("sample_size (the model's input side in pixels or latents) is required for DiCo")
         id2label = {str(k): str(v) for k, v in (id2label or {}).items()}
-        self.register_to_config(id2label=id2label, sample_size=int(sample_size), latent_scale=float(latent_scale),
+        latent_scale = float(latent_scale) if vae is not None and latent_scale is not None else None  # pixels: none
+        self.register_to_config(id2label=id2label, sample_size=int(sample_size), latent_scale=latent_scale,
                                 objective=dict(objective) if objective else None)
         self.labels = {}
         for key, names in id2label.items():
@@ -102,6 +117,25 @@ class DiCoPipeline(DiffusionPipeline):
         index["_class_name"] = [LOADER_MODULE, type(self).__name__]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (folder / f"{LOADER_MODULE}.py").write_text(LOADER_SOURCE)
+        honour_umask(*folder.glob("*/*.safetensors"))  # safetensors' writer makes the weights private
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader; a local folder that lost a weights file, or whose config no longer fits its weights,
+        gets a one-line message naming the file instead of diffusers' text."""
+        folder = Path(str(pretrained_model_name_or_path)).expanduser()
+        if folder.is_dir():
+            check_weights_present(folder)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as err:
+            mismatch = re.search(r"because (\S+) expected shape (.+?), but got (.+?)\. ", str(err))
+            if mismatch is None or not folder.is_dir():
+                raise
+            key, expected, found = mismatch.groups()
+            raise ValueError(f"{folder}: a component's config.json does not fit its weights ({key}: the config "
+                             f"makes {expected}, the weights file holds {found}); convert the checkpoint "
+                             "again") from None
 
     @classmethod
     def load_config(cls, *args, **kwargs):

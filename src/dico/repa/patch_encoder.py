@@ -15,6 +15,7 @@ Preprocessing keys: "input_size" (None: as given), "channels", "mean", "std" (pe
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -111,17 +112,25 @@ def save_encoder_file(path, module: nn.Module, arch: str | None = None, config: 
     return path
 
 
+def is_torchscript(path) -> bool:
+    """TorchScript archives carry their code (zip entries ARCHIVE/code/...); torch.save's zip files do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(entry.split("/")[1:2] == ["code"] for entry in archive.namelist())
+
+
 def read_encoder_file(path, name: str | None = None) -> PatchEncoder:
     """A PatchEncoder from a local file written by `save_encoder_file` (or any TorchScript module)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"encoder file {path} does not exist")
     name = name or f"file:{path.resolve()}"
-    try:
+    if is_torchscript(path):
         extra = {SCRIPT_META: ""}
         backbone = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         prep = {**PREPROCESSING, **(json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {})}
-    except RuntimeError:  # not a TorchScript archive: a state dict + config
+    else:  # a state dict + config (tried as TorchScript, it would only earn torch.jit's deprecation warning)
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # unpickling errors of every kind: not our format either

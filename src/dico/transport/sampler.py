@@ -15,7 +15,16 @@ from .transport import TRANSPORT_PURPOSES, Transport
 
 LAST_STEPS = (None, "Mean", "Tweedie", "Euler")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+ODE_METHODS = FIXED_METHODS + ADAPTIVE_METHODS  # torchdiffeq's, less scipy_solver (scipy's own steps, on the CPU)
 SDE_METHODS = ("Euler", "Heun")
+
+
+def check_method(sampler: str, method: str) -> None:
+    """A one-line ValueError listing what a flow model samples with, for a method its sampler does not have."""
+    if method not in (ODE_METHODS if sampler == "ode" else SDE_METHODS):
+        raise ValueError(f"method {method!r} cannot sample a flow model with --sampler {sampler}; --sampler ode takes "
+                         f"{', '.join(ODE_METHODS)}; --sampler sde takes {', '.join(SDE_METHODS)}")
 
 
 def shift_time(t, shift: float):
@@ -62,13 +71,14 @@ class Sampler:
                    rtol: float = 1e-3, reverse: bool = False, shift: float = 1.0):
         """Integrate the probability-flow ODE from noise (t0) to data (t1), or back with reverse=True.
 
-        sampling_method: any torchdiffeq method ("euler", "midpoint", "heun2", "heun3", "rk4", "dopri5", ...).
+        sampling_method: a torchdiffeq method but scipy_solver (ODE_METHODS: "euler", "midpoint", "rk4", "dopri5", ...).
         num_steps: grid points including both ends. Fixed-step methods take num_steps - 1 steps on the grid;
             adaptive ones choose their own steps and report the state at the grid points. The same holds for the
             shifted grid: a shift changes fixed-step methods' steps and only where adaptive ones report.
         atol, rtol: tolerances of adaptive methods.
         Returns fn(z, model, **model_kwargs) -> (num_steps, *z.shape) states; [-1] is the sample.
         """
+        check_method("ode", sampling_method)
         transport = self.transport
         t0, t1 = transport.interval(sampling=True, reverse=reverse)
 
@@ -153,8 +163,7 @@ class Sampler:
         step_noise(i, shape) gives the N(0, I) noise of step i (per-image keyed noise in dico's sampler); without
         it, torch's global generator draws it.
         """
-        if sampling_method not in SDE_METHODS:
-            raise ValueError(f"unknown SDE method {sampling_method!r}; valid: {', '.join(SDE_METHODS)}")
+        check_method("sde", sampling_method)
         if last_step not in LAST_STEPS:
             raise ValueError(f"unknown last step {last_step!r}; valid: None, 'Mean', 'Tweedie', 'Euler'")
         if last_step is None:
