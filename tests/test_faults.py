@@ -691,15 +691,17 @@ def test_a_pipeline_folder_is_swapped_whole_and_a_foreign_folder_never_written(t
 @pytest.mark.parametrize("when", ["while writing", "at the swap"])
 def test_an_interrupted_replacement_leaves_the_old_folder_whole(when, tiny_checkpoint, tmp_path, monkeypatch):
     import dico.cache
-    from dico.pipelines import DiCoPipeline, save_pipeline
+    import dico.pipelines.export
+    from dico.pipelines import save_pipeline
 
     out = tmp_path / "pipe"
     save_pipeline(tiny_checkpoint, out)
     before = snapshot(out)
-    if when == "while writing":
+    if when == "while writing":  # the weights are written beside the old folder, then Ctrl-C
         def interrupted(*args, **kwargs):
+            assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())
             raise KeyboardInterrupt
-        monkeypatch.setattr(DiCoPipeline, "save_pretrained", interrupted)
+        monkeypatch.setattr(dico.pipelines.export, "model_card", interrupted)
     else:  # the old folder is moved aside, then Ctrl-C before the new one is renamed in
         real_replace = os.replace
 
