@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from ..options import check_int
+
 
 @dataclass
 class DemoConfig:
@@ -9,8 +11,11 @@ class DemoConfig:
     Needs the web demo's extra: pip install 'dico-diffusion[demo]'."""
 
     ckpt: str  # a checkpoint (ours, official with --model, a Hub file) or a pipeline folder from dico convert
-    port: int = 7860
+    port: int = 7860  # must be free: a port in use is an error, never a silent move to another one
     host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
     model: str | None = None  # official checkpoints: the model name (inferred when left out)
     vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder
     device: str | None = None  # cpu, cuda, ... (None: the local GPU if any)
+
+    def __post_init__(self):
+        check_int("port", self.port, 1, 65535)
