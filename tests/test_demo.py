@@ -157,6 +157,15 @@ def test_bad_input_is_one_line_for_the_visitor_and_one_in_the_log(live, inputs, 
     assert [line for line in (out + err).splitlines() if line.strip()] == [f"dico demo: rejected a request: {message}"]
 
 
+def test_a_check_in_the_command_line_s_words_reads_in_the_page_s_words():
+    from dico.demo.app import visitor_words
+
+    assert visitor_words("--cfg-scale (guidance_scale) must be a finite number >= 0, got nan") == \
+        "Guidance scale must be a finite number >= 0, got nan"
+    assert visitor_words("--steps must be an integer >= 1, got 2.5") == "Steps must be an integer >= 1, got 2.5"
+    assert visitor_words("--eta must be a finite number >= 0, got -1") == "--eta must be a finite number >= 0, got -1"
+
+
 def test_whole_numbers_and_numbers_as_text_are_taken(live):
     """A whole float is an integer (JSON may carry 7 as 7.0) and a number typed as text is read as one."""
     gallery, status = live.client().predict(["3"], 2.0, "1.5", "4", DDPM, " 5 ", False, api_name="/generate")
@@ -196,6 +205,13 @@ def test_a_port_in_use_is_one_line_naming_port(occupied_port, tmp_path, capsys):
     assert cli(["demo", "--ckpt", str(ckpt), "--port", str(occupied_port)]) == 2
     assert capsys.readouterr().err == (f"dico demo: error: --port {occupied_port}: 127.0.0.1:{occupied_port} is in "
                                        f"use (another server?); choose a free port with --port N\n")
+
+
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_a_port_out_of_range_is_one_line(port, tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path / "0000001.pt")
+    assert cli(["demo", "--ckpt", str(ckpt), "--port", port]) == 2
+    assert capsys.readouterr().err == f"dico demo: error: --port must be an integer in [1, 65535], got {port}\n"
 
 
 def test_dico_demo_in_a_terminal_shows_one_line_per_rejected_request(tmp_path):

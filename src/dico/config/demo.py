@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-from ..options import check_int
-
 
 @dataclass
 class DemoConfig:
@@ -16,6 +14,3 @@ class DemoConfig:
     model: str | None = None  # official checkpoints: the model name (inferred when left out)
     vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder
     device: str | None = None  # cpu, cuda, ... (None: the local GPU if any)
-
-    def __post_init__(self):
-        check_int("port", self.port, 1, 65535)

@@ -207,7 +207,8 @@ def launch(source, port: int = 7860, host: str = "127.0.0.1", device=None, name:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """An OSError naming --port (or --host) unless a server could listen at host:port now."""
+    """A ValueError or OSError naming --port (or --host) unless a server could listen at host:port now."""
+    check_int("port", port, 1, 65535)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
