@@ -3,6 +3,8 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,8 @@ pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dico.demo import build_demo  # noqa: E402
+from dico.cli import main as cli  # noqa: E402
+from dico.demo import build_demo, launch  # noqa: E402
 from dico.models import build_model, model_spec  # noqa: E402
 from dico.objectives import DDPMObjective  # noqa: E402
 from dico.pipelines import pipeline_from_network, save_pipeline  # noqa: E402
@@ -35,13 +38,12 @@ def free_port() -> int:
 
 
 class LiveDemo:
-    """The demo served on 127.0.0.1 at a free port, in this process; `close` always shuts it down."""
+    """The demo served by dico.demo.launch on 127.0.0.1 at a free port, in this process; `close` always shuts it
+    down."""
 
     def __init__(self, source):
-        self.demo = build_demo(source, device="cpu")
         self.port = free_port()
-        self.demo.queue().launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
-                                 quiet=True)
+        self.demo = launch(source, port=self.port, device="cpu", prevent_thread_lock=True)
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def client(self) -> Client:
@@ -114,20 +116,130 @@ def test_every_sampler_and_a_random_seed_run(live):
     assert len(seeds) > 1  # "random" draws a new seed per click, and the page says which
 
 
-@pytest.mark.parametrize("inputs, message", [
-    (([], 2, 1.5, 20, DDPM, 0, False), "Pick at least one class"),
-    ((["3"], 0, 1.5, 20, DDPM, 0, False), "Images per class must be at least 1"),
-    ((["3"], 2, 1.5, 100000, DDPM, 0, False), "Steps must lie between 1 and 1000"),
-    ((["3"], 2, 1.5, 0, DDPM, 0, False), "Steps must lie between 1 and 1000"),
-    ((["3", "4"], 40, 1.5, 20, DDPM, 0, False), "at most 64 per click"),
-    ((["3"], 1, 50.0, 20, DDPM, 0, False), "greater than maximum value 10"),  # the slider's own check
-    ((["3"], 1, 1.5, 20, DDPM, -4, False), "Seed must be 0 or more"),
-], ids=["no-class", "zero-images", "absurd-steps", "zero-steps", "too-many", "guidance", "negative-seed"])
-def test_bad_input_gets_a_clear_message(live, inputs, message):
+BAD_REQUESTS = [  # (the fields as an API client may send them, what the visitor reads: one line)
+    (([], 2, 1.5, 20, DDPM, 0, False), "Classes must name at least one class, got []"),
+    ((["3", "eleven"], 2, 1.5, 20, DDPM, 0, False), "Classes: 'eleven' is not a class of this model"),
+    ((["3"], 0, 1.5, 20, DDPM, 0, False), "Images per class must be an integer in [1, 64], got 0"),
+    ((["3"], "two", 1.5, 20, DDPM, 0, False), "Images per class must be an integer in [1, 64], got 'two'"),
+    ((["3"], 1.5, 1.5, 20, DDPM, 0, False), "Images per class must be an integer in [1, 64], got 1.5"),
+    ((["3"], None, 1.5, 20, DDPM, 0, False), "Images per class must be an integer in [1, 64], got None"),
+    ((["3", "4"], 40, 1.5, 20, DDPM, 0, False), "Images per class: 40 images x 2 classes is 80 images; at most 64 "
+                                                "per click"),
+    ((["3"], 2, "nan", 20, DDPM, 0, False), "Guidance scale must be a finite number >= 1.0 and <= 10.0, got nan"),
+    ((["3"], 2, -1.5, 20, DDPM, 0, False), "Guidance scale must be a finite number >= 1.0 and <= 10.0, got -1.5"),
+    ((["3"], 2, 50.0, 20, DDPM, 0, False), "Guidance scale must be a finite number >= 1.0 and <= 10.0, got 50"),
+    ((["3"], 2, "strong", 20, DDPM, 0, False), "Guidance scale must be a finite number >= 1.0 and <= 10.0, got "
+                                               "'strong'"),
+    ((["3"], 2, 1.5, "abc", DDPM, 0, False), "Steps must be an integer in [1, 1000], got 'abc'"),
+    ((["3"], 2, 1.5, 2.5, DDPM, 0, False), "Steps must be an integer in [1, 1000], got 2.5"),  # never run as 2
+    ((["3"], 2, 1.5, 0, DDPM, 0, False), "Steps must be an integer in [1, 1000], got 0"),
+    ((["3"], 2, 1.5, 100000, DDPM, 0, False), "Steps must be an integer in [1, 1000], got 100000"),
+    ((["3"], 2, 1.5, 20, "Euler", 0, False), f"Sampler must be one of {', '.join(SAMPLERS)}, got 'Euler'"),
+    ((["3"], 1, 1.5, 20, DDPM, -4, False), "Seed must be an integer in [0, 4294967295], got -4"),
+    ((["3"], 1, 1.5, 20, DDPM, 2**40, False), "Seed must be an integer in [0, 4294967295], got 1099511627776"),
+    ((["3"], 1, 1.5, 20, DDPM, "lucky", False), "Seed must be an integer in [0, 4294967295], got 'lucky'"),
+    ((["3"], 1, 1.5, 20, DDPM, 0, "yes"), "Random seed must be true or false, got 'yes'"),
+]
+
+
+@pytest.mark.parametrize("inputs, message", BAD_REQUESTS,
+                         ids=[f"{i}-{message.split(' must ')[0].split(':')[0]}" for i, (_, message) in
+                              enumerate(BAD_REQUESTS)])
+def test_bad_input_is_one_line_for_the_visitor_and_one_in_the_log(live, inputs, message, capfd):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match=message):
+    capfd.readouterr()
+    with pytest.raises(AppError) as rejected:
         live.client().predict(*inputs, api_name="/generate")
+    assert rejected.value.args[0] == message
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert [line for line in (out + err).splitlines() if line.strip()] == [f"dico demo: rejected a request: {message}"]
+
+
+def test_a_check_in_the_command_line_s_words_reads_in_the_page_s_words():
+    from dico.demo.app import visitor_words
+
+    assert visitor_words("--cfg-scale (guidance_scale) must be a finite number >= 0, got nan") == \
+        "Guidance scale must be a finite number >= 0, got nan"
+    assert visitor_words("--steps must be an integer >= 1, got 2.5") == "Steps must be an integer >= 1, got 2.5"
+    assert visitor_words("--eta must be a finite number >= 0, got -1") == "--eta must be a finite number >= 0, got -1"
+
+
+def test_whole_numbers_and_numbers_as_text_are_taken(live):
+    """A whole float is an integer (JSON may carry 7 as 7.0) and a number typed as text is read as one."""
+    gallery, status = live.client().predict(["3"], 2.0, "1.5", "4", DDPM, " 5 ", False, api_name="/generate")
+    assert len(gallery) == 2 and ", 4 steps, guidance 1.5, seed 5 " in status
+
+
+def test_api_names_its_endpoint_inputs_and_outputs(live):
+    api = live.client().view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(api) == ["/generate"]
+    assert [p["label"] for p in api["/generate"]["parameters"]] == ["Classes", "Images per class", "Guidance scale",
+                                                                     "Steps", "Sampler", "Seed", "Random seed"]
+    assert [r["label"] for r in api["/generate"]["returns"]] == ["Samples", "Status"]
+
+
+def test_launch_prints_its_address_and_no_advice_about_share(pipeline_folder, capfd):
+    capfd.readouterr()
+    server = LiveDemo(pipeline_folder)
+    try:
+        out, err = capfd.readouterr()
+    finally:
+        server.close()
+    assert f"dico demo: serving on http://127.0.0.1:{server.port}/" in out
+    assert "share" not in out + err and "Traceback" not in out + err
+
+
+@pytest.fixture()
+def occupied_port():
+    """A port another server listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def test_a_port_in_use_is_one_line_naming_port(occupied_port, tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path / "0000001.pt")
+    assert cli(["demo", "--ckpt", str(ckpt), "--port", str(occupied_port)]) == 2
+    assert capsys.readouterr().err == (f"dico demo: error: --port {occupied_port}: 127.0.0.1:{occupied_port} is in "
+                                       f"use (another server?); choose a free port with --port N\n")
+
+
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_a_port_out_of_range_is_one_line(port, tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path / "0000001.pt")
+    assert cli(["demo", "--ckpt", str(ckpt), "--port", port]) == 2
+    assert capsys.readouterr().err == f"dico demo: error: --port must be an integer in [1, 65535], got {port}\n"
+
+
+def test_dico_demo_in_a_terminal_shows_one_line_per_rejected_request(tmp_path):
+    """The command itself, as a user runs it: its terminal shows the address, then one line per rejected request;
+    no traceback, no share=True advice."""
+    from gradio_client.exceptions import AppError
+
+    ckpt = save_tiny_checkpoint(tmp_path / "0000001.pt", class_names=[str(d) for d in range(10)])
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    server = subprocess.Popen([sys.executable, "-m", "dico.cli", "demo", "--ckpt", str(ckpt), "--port", str(port),
+                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = server.stdout.readline()  # printed once the server listens
+        assert first == f"dico demo: serving on http://127.0.0.1:{port}/ (Ctrl+C stops it)\n"
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
+        for fields in ((["3"], 2, 1.5, "abc", DDPM, 0, False), (["3"], 2, 1.5, 2.5, DDPM, 0, False)):
+            with pytest.raises(AppError):
+                client.predict(*fields, api_name="/generate")
+        assert "1 images in" in client.predict(["3"], 1, 1.5, 2, DDPM, 0, False, api_name="/generate")[1]
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    terminal = first + out + err
+    assert "Traceback" not in terminal and "share" not in terminal
+    assert [line for line in terminal.splitlines() if "rejected" in line] == [
+        "dico demo: rejected a request: Steps must be an integer in [1, 1000], got 'abc'",
+        "dico demo: rejected a request: Steps must be an integer in [1, 1000], got 2.5"]
 
 
 @pytest.fixture()
@@ -144,7 +256,7 @@ def browser():
             browser.close()
 
 
-def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, browser, tmp_path):
+def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, browser, tmp_path, capfd):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     elsewhere = []
     page.on("request", lambda r: None if r.url.startswith((live.url, "data:", "blob:")) else elsewhere.append(r.url))
@@ -176,10 +288,14 @@ def test_page_in_a_real_browser_generates_images_and_shows_bad_input(live, brows
         np.testing.assert_array_equal(np.array(shown_image["rgba"], np.uint8).reshape(128, 128, 4)[..., :3], image)
     assert not elsewhere, f"the page fetched from outside the local server (fails offline): {elsewhere}"
 
-    page.locator("#steps input").fill("5000")
+    capfd.readouterr()
+    page.locator("#steps input").fill("2.5")  # run as 2 before: Gradio rounded it
     page.locator("#generate").click()
-    message = page.get_by_text("Steps must lie between 1 and 1000")
+    message = page.get_by_text("Steps must be an integer in [1, 1000], got 2.5")
     message.first.wait_for(state="visible", timeout=30_000)
+    out, err = capfd.readouterr()
+    assert [line for line in (out + err).splitlines() if line.strip()] == [
+        "dico demo: rejected a request: Steps must be an integer in [1, 1000], got 2.5"]
     message.first.scroll_into_view_if_needed()
     page.wait_for_timeout(500)  # let the toast finish fading in before the picture
     shot = artifact(tmp_path, "dico-demo-bad-input.png")

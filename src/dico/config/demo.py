@@ -9,7 +9,7 @@ class DemoConfig:
     Needs the web demo's extra: pip install 'dico-diffusion[demo]'."""
 
     ckpt: str  # a checkpoint (ours, official, a Hub file) or a pipeline folder from dico convert
-    port: int = 7860
+    port: int = 7860  # must be free: a port in use is an error, never a silent move to another one
     host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
     model: str | None = None  # official checkpoints: the model name (inferred when left out)
     vae: str | None = None  # latent models: ema | mse | a Hub id | a local VAE folder

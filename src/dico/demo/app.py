@@ -3,22 +3,34 @@
     from dico.demo import launch
     launch("results/checkpoints/0003000.pt")        # or a pipeline folder; http://127.0.0.1:7860
 
-The page's generate function is also an API endpoint ("/generate"), so `gradio_client` can call it.
+The page's generate function is also an API endpoint ("/generate", outputs "Samples" and "Status"), so
+`gradio_client` can call it. A bad field gets one line, for the visitor and in the server's log, never a traceback.
 """
 
+import difflib
+import errno
 import random
+import re
+import socket
+import sys
 import time
 
 import gradio as gr
 import torch
 from PIL import Image
 
+from ..config import SamplingOptions
+from ..options import check_int, check_number
 from ..pipelines import DiCoPipeline, load_pipeline
 
 MAX_IMAGES = 64  # per click: sampling runs on whatever device the server has, often a CPU
 MAX_STEPS = 1000
 MAX_GUIDANCE = 10.0
+MAX_SEED = 2**32 - 1  # well inside what a browser's number field holds exactly (2**53)
 MIN_DISPLAY_SIDE = 128  # small images (8x8 digits) are enlarged by pixel repetition so they stay crisp
+FIELD_LABELS = {"classes": "Classes", "per_class": "Images per class", "cfg_scale": "Guidance scale",
+                "guidance_scale": "Guidance scale", "steps": "Steps", "num_inference_steps": "Steps",
+                "sampler": "Sampler", "seed": "Seed", "random_seed": "Random seed"}  # the page's words for a check's
 
 
 def class_choices(pipe: DiCoPipeline) -> list:
@@ -44,32 +56,16 @@ def sampler_pipelines(pipe: DiCoPipeline) -> dict:
 
 def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, sampler, seed, random_seed,
                     progress=None):
-    """(gallery [(image, caption)], status text) for the page; bad input raises gr.Error with what to change."""
-    if not classes:
-        raise gr.Error("Pick at least one class.")
-    classes = [classes] if isinstance(classes, str) else list(classes)
-    per_class = whole_number(per_class, "Images per class")
-    steps = whole_number(steps, "Steps")
-    if per_class < 1:
-        raise gr.Error("Images per class must be at least 1.")
-    if per_class * len(classes) > MAX_IMAGES:
-        raise gr.Error(f"{per_class} images x {len(classes)} classes is {per_class * len(classes)} images; "
-                       f"at most {MAX_IMAGES} per click.")
-    if not 1 <= steps <= MAX_STEPS:
-        raise gr.Error(f"Steps must lie between 1 and {MAX_STEPS} (the model was trained on {MAX_STEPS} noise "
-                       f"levels), got {steps}.")
-    if guidance_scale is None or not 1.0 <= float(guidance_scale) <= MAX_GUIDANCE:
-        raise gr.Error(f"Guidance scale must lie between 1 (off) and {MAX_GUIDANCE:g}, got {guidance_scale}.")
-    if sampler not in pipes:
-        raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(pipes)}.")
-    pipe = pipes[sampler]
+    """(gallery [(image, caption)], status text) for the page. A bad field raises gr.Error with one line saying what
+    to change (no traceback), and the server's log gets that line too."""
     try:
-        labels = [c for c in pipe.get_label_ids(classes) for _ in range(per_class)]
+        labels, guidance_scale, steps, seed = checked_request(pipes, classes, per_class, guidance_scale, steps,
+                                                              sampler, seed, random_seed)
     except ValueError as err:
-        raise gr.Error(str(err)) from None
-    seed = random.randrange(2**31) if random_seed else whole_number(seed, "Seed")
-    if seed < 0:
-        raise gr.Error("Seed must be 0 or more.")
+        message = visitor_words(str(err))
+        print(f"dico demo: rejected a request: {message}", file=sys.stderr, flush=True)
+        raise gr.Error(message, print_exception=False) from None
+    pipe = pipes[sampler]
 
     def report(pipeline, step, timestep, tensors):
         if progress is not None:
@@ -77,20 +73,69 @@ def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, samp
         return tensors
 
     start = time.perf_counter()
-    images = pipe(labels, guidance_scale=float(guidance_scale), num_inference_steps=steps, seed=seed,
+    images = pipe(labels, guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
                   callback_on_step_end=report).images
     seconds = time.perf_counter() - start
     names = class_choices(pipe)
     gallery = [(enlarge(image), names[label]) for image, label in zip(images, labels)]
-    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, guidance {float(guidance_scale):g}, "
+    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, guidance {guidance_scale:g}, "
               f"seed {seed} (image i of this click is reproduced by `seed={seed}` with the same labels)")
     return gallery, status
 
 
-def whole_number(value, what: str) -> int:
-    if value is None or float(value) != int(float(value)):
-        raise gr.Error(f"{what} must be a whole number, got {value!r}.")
-    return int(float(value))
+def checked_request(pipes: dict, classes, per_class, guidance_scale, steps, sampler, seed, random_seed) -> tuple:
+    """(class ids, one per image; guidance scale; steps; seed) of a request, or a ValueError worded as the command
+    line's checks (`--steps must be an integer in [1, 1000], got 2.5`). Every field is checked before any work.
+
+    Values arrive as the browser or an API client sent them: the event skips Gradio's own preprocessing, which rounds
+    2.5 steps to 2 and fails on text with a message that says nothing."""
+    classes = [classes] if isinstance(classes, str) else classes
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise ValueError(f"--classes must name at least one class, got {classes!r}")
+    per_class, guidance_scale, steps, seed = map(as_number, (per_class, guidance_scale, steps, seed))
+    check_int("per_class", per_class, 1, MAX_IMAGES)
+    check_number("cfg_scale", guidance_scale, 1.0, MAX_GUIDANCE)
+    check_int("steps", steps, 1, MAX_STEPS)
+    if not isinstance(random_seed, bool):
+        raise ValueError(f"--random-seed must be true or false, got {random_seed!r}")
+    if random_seed:
+        seed = random.randrange(2**31)
+    check_int("seed", seed, 0, MAX_SEED)
+    if sampler not in pipes:
+        raise ValueError(f"--sampler must be one of {', '.join(pipes)}, got {sampler!r}")
+    known = pipes[sampler].labels  # every synonym of every class
+    for name in classes:
+        if not isinstance(name, str) or name not in known:
+            close = difflib.get_close_matches(str(name), known, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"--classes: {name!r} is not a class of this model{hint}")
+    if per_class * len(classes) > MAX_IMAGES:
+        raise ValueError(f"--per-class: {per_class} images x {len(classes)} classes is {per_class * len(classes)} "
+                         f"images; at most {MAX_IMAGES} per click")
+    SamplingOptions(steps=steps, cfg_scale=float(guidance_scale), seed=seed)  # the command line's own checks too
+    labels = [c for c in pipes[sampler].get_label_ids(list(classes)) for _ in range(per_class)]
+    return labels, float(guidance_scale), steps, seed
+
+
+def as_number(value):
+    """A field's value as a number where it is one: text such as "2.5" or "nan" is read, a whole float (7.0, as JSON
+    may carry 7) becomes an int; anything else is returned unchanged, for the checks to name."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def visitor_words(message: str) -> str:
+    """A check's message with the flag it names (`--steps`, `--cfg-scale (guidance_scale)`) replaced by the label of
+    the page's field: "Steps must be an integer in [1, 1000], got 2.5"."""
+    match = re.match(r"--([a-z0-9-]+)(?: \([a-z_]+\))?", message)
+    label = FIELD_LABELS.get(match[1].replace("-", "_")) if match else None
+    return label + message[match.end():] if label else message
 
 
 def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=None) -> gr.Blocks:
@@ -125,21 +170,58 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
                                   "(DDPM); DPM-Solver++ needs about 25", elem_id="steps")
                 sampler = gr.Radio(list(pipes), value=next(iter(pipes)), label="Sampler", elem_id="sampler")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                    seed = gr.Number(value=0, precision=0, label="Seed", info=f"0 to {MAX_SEED}", elem_id="seed")
                     random_seed = gr.Checkbox(value=False, label="Random seed", elem_id="random_seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Samples", columns=8, format="png", elem_id="gallery")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(label="Status", elem_id="status")  # the label names the API's output
+        # preprocess=False: the fields reach checked_request as sent (Gradio's own step would round 2.5 steps to 2
+        # and meet text with a bare "Error"); the outputs are still converted for the page.
         button.click(run, [classes, per_class, guidance, steps, sampler, seed, random_seed], [gallery, status],
-                     api_name="generate")
+                     api_name="generate", api_description="Sample images of the chosen classes", preprocess=False)
     return demo
 
 
 def launch(source, port: int = 7860, host: str = "127.0.0.1", device=None, name: str | None = None, vae=None,
-           share: bool = False, **launch_kwargs) -> gr.Blocks:
-    """Serve the demo for a checkpoint or pipeline folder at http://host:port (blocks until stopped, unless
-    prevent_thread_lock=True is passed on to Gradio's launch)."""
+           share: bool = False, prevent_thread_lock: bool = False, **launch_kwargs) -> gr.Blocks:
+    """Serve the demo for a checkpoint or pipeline folder at http://host:port; blocks until stopped unless
+    `prevent_thread_lock` (then `demo.close()` stops it). A port in use is an OSError naming --port, raised before
+    the model is loaded. Gradio's start-up chatter is left out (quiet): its advice to set share=True does not apply
+    to `dico demo`, which has no such flag; the address is printed once."""
+    check_port_free(host, port)
     demo = build_demo(source, device, name=name, vae=vae)
-    demo.queue().launch(server_name=host, server_port=port, share=share, **launch_kwargs)
+    try:
+        demo.queue().launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+                            **{"quiet": True, **launch_kwargs})
+    except OSError:  # taken between the check and the start
+        check_port_free(host, port)
+        raise
+    print(f"dico demo: serving on {demo.local_url}" + ("" if prevent_thread_lock else " (Ctrl+C stops it)"),
+          flush=True)
+    if demo.share_url:
+        print(f"dico demo: public link {demo.share_url}", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A ValueError or OSError naming --port (or --host) unless a server could listen at host:port now."""
+    check_int("port", port, 1, 65535)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise OSError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise OSError(f"--port {port}: {host}:{port} is in use (another server?); choose a free port with "
+                              f"--port N") from None
+            if err.errno == errno.EACCES:
+                raise OSError(f"--port {port}: no permission to serve on {host}:{port} (ports below 1024 need "
+                              f"root); choose a port above 1023 with --port N") from None
+            raise OSError(f"--host {host}: cannot serve on {host}:{port} ({err.strerror})") from None
