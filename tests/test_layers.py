@@ -12,7 +12,7 @@ SOURCE = Path(dico.__file__).parent
 # own __init__, which re-exports names from above. Units of one layer may import each other (no cycle, though).
 # dico.cli (commands by module name) and dico/__init__ (PEP 562) also import with importlib, downwards too.
 LAYERS = [
-    ["options", "extras"],  # YAML config files and value checks, optional parts: torch-free, dico's bottom
+    ["options", "extras", "threads"],  # YAML config files, value checks, optional parts, CPU threads: dico's bottom
     ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors"],
     ["models"],
     ["diffusion", "transport"],

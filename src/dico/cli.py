@@ -11,6 +11,7 @@ runs, so `dico --help` and `dico CMD --help` answer without loading torch.
 import difflib
 import importlib
 import inspect
+import os
 import sys
 from dataclasses import MISSING, dataclass, fields
 
@@ -117,6 +118,9 @@ def training_interrupted(err: Exception) -> bool:
 
 
 def main(argv=None) -> int:
+    # Idle OpenMP threads sleep rather than spin, leaving the cores to other processes (dico.threads); libgomp reads
+    # this once, when torch loads it, and no command has loaded torch yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]

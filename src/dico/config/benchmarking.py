@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from ..options import check_int
+
 
 @dataclass
 class InfoConfig:
@@ -49,3 +51,6 @@ class BenchCommand(BenchConfig):
     in a plain Python process."""
     json: str | None = None  # also write the results to this JSON file
     quiet: bool = False  # no progress lines
+
+    def __post_init__(self):
+        check_int("threads", self.threads, 1, none_ok=True)

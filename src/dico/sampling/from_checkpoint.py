@@ -9,6 +9,7 @@ from ..distributed import barrier, setup, teardown
 from ..images import save_grid
 from ..config import SampleConfig
 from ..config.sampling import check_out_suffix
+from ..threads import ThreadPolicy
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
@@ -20,7 +21,8 @@ def sampling_options(config: SampleConfig) -> SamplingOptions:
 
 def sample(config: SampleConfig) -> Path | None:
     """Sample `config.num_samples` images of the checkpoint `config.ckpt` into `config.out`: a PNG grid, or an
-    ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None."""
+    ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None.
+    `config.threads` is torch's CPU threads meanwhile, as for `dico sample` (dico.threads.ThreadPolicy)."""
     out = Path(config.out)
     check_out_suffix(out)
     options = sampling_options(config)  # checked before any work
@@ -35,12 +37,13 @@ def sample(config: SampleConfig) -> Path | None:
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, config.num_samples, options, classes, env.rank, env.world,
                              env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
-                             objective=loaded.objective)
+                             objective=loaded.objective, threads=config.threads)
     elif env.main:
         indices = list(range(config.num_samples))
         labels = image_labels(indices, model.num_classes, config.seed, classes)
-        images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
-                          progress=True, objective=loaded.objective)
+        with ThreadPolicy(config.threads, env.device):
+            images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
+                              progress=True, objective=loaded.objective)
         # Small images (8x8 digits) are shown enlarged by pixel repetition, as the trainer's grid does.
         path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))),
                          scale=max(1, 32 // space.resolution))

@@ -21,6 +21,7 @@ from ..config import SamplingOptions
 from ..config.sampling import check_out_suffix
 from ..objectives import objective_from_dict
 from ..randomness import PURPOSES, keyed_randint
+from ..threads import ThreadPolicy
 from .guided import sample_latents
 
 
@@ -103,12 +104,13 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None, objective=None) -> Path | None:
+                  run_info: dict | None = None, objective=None, threads=None) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
     it is done, under `<out>.parts/`. A rerun with the same settings skips finished shards; different settings are
     refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
+    `threads`: torch's CPU threads while sampling (dico.threads.ThreadPolicy: None leaves them alone, N or "auto").
     """
     out = Path(out)
     check_out_suffix(out, (".npz",))
@@ -148,13 +150,15 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     todo = [k for k in shards if not (parts / f"{k:06d}.npz").exists()]
     vae = load_vae_for(space, device) if todo else None
     model.eval()
-    for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
-        indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
-        labels = image_labels(indices, model.num_classes, options.seed, classes)
-        images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
-        tmp = parts / f".{k:06d}.tmp.npz"
-        np.savez(tmp, images=images)
-        tmp.replace(parts / f"{k:06d}.npz")
+    with ThreadPolicy(threads, device or next(model.parameters()).device) as cpu_threads:
+        for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
+            cpu_threads()
+            indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
+            labels = image_labels(indices, model.num_classes, options.seed, classes)
+            images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
+            tmp = parts / f".{k:06d}.tmp.npz"
+            np.savez(tmp, images=images)
+            tmp.replace(parts / f"{k:06d}.npz")
     barrier()
     if rank != 0:
         return None
