@@ -27,6 +27,7 @@ def sample(config: SampleConfig) -> Path | None:
     check_out_suffix(out)
     options = sampling_options(config)  # checked before any work
     env = setup(config.device)
+    cpu_threads = ThreadPolicy(config.threads, env.device)  # auto: measures the machine while the model loads
     loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,
                              config.num_classes)
     model, space = loaded.model.to(env.device), loaded.output_space()
@@ -41,7 +42,7 @@ def sample(config: SampleConfig) -> Path | None:
     elif env.main:
         indices = list(range(config.num_samples))
         labels = image_labels(indices, model.num_classes, config.seed, classes)
-        with ThreadPolicy(config.threads, env.device):
+        with cpu_threads:
             images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
                               progress=True, objective=loaded.objective)
         # Small images (8x8 digits) are shown enlarged by pixel repetition, as the trainer's grid does.
