@@ -52,11 +52,12 @@ def vae_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def extracted(class_folder, vae_dir, tmp_path_factory):
-    """One uninterrupted extraction through the CLI: one process, batches of 2, float32 storage."""
+    """One uninterrupted extraction through the CLI: one process, batches of 2, float32 storage, at the thread count
+    of the library runs compared with it (not --threads auto, whose count follows the machine's load)."""
     out = tmp_path_factory.mktemp("latents") / "ref"
     code = cli(["extract-latents", "--data", str(class_folder), "--out", str(out), "--image-size", str(SIZE),
                 "--vae", str(vae_dir), "--batch-size", "2", "--num-workers", "0", "--dtype", "float32",
-                "--device", "cpu", "--no-progress"])
+                "--device", "cpu", "--no-progress", "--threads", str(torch.get_num_threads())])
     assert code == 0
     return out
 

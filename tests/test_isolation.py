@@ -13,7 +13,7 @@ import pytest
 
 import conftest
 from dico.cli import main as cli
-from helpers import TINY, child_process, run_child, save_tiny_checkpoint, tiny_run_config
+from helpers import child_process, run_child, save_tiny_checkpoint, tiny_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ SOURCE = Path(dico.__file__).parent
 # own __init__, which re-exports names from above. Units of one layer may import each other (no cycle, though).
 # dico.cli (commands by module name) and dico/__init__ (PEP 562) also import with importlib, downwards too.
 LAYERS = [
-    ["options", "extras", "interrupts"],  # config files and value checks, optional parts, signals: torch-free
+    ["options", "extras", "interrupts", "threads"],  # config files, value checks, optional parts, signals, CPU threads: torch-free
     ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors"],
     ["models"],
     ["diffusion", "transport"],

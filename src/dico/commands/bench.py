@@ -18,7 +18,8 @@ def run(command: BenchCommand) -> int:
     if command.threads:
         torch.set_num_threads(command.threads)
     results = benchmark(command, progress=None if command.quiet else lambda msg: print(msg, flush=True))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clock {command.clock}, "
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} thread{'s' if threads > 1 else ''}, clock {command.clock}, "
           f"glibc malloc tuning {'on' if malloc_tuned() else 'off'}")
     print(format_table(results))
     if command.json:

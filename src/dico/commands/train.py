@@ -46,5 +46,6 @@ def run(command: TrainCommand, resume=None) -> int:
     """Train as `command` says; `resume`: the ResumePoint `prepare` read (None: a fresh run)."""
     from ..training import train
 
-    train(command.train_config(), resume=resume, device=command.device, progress=command.progress)
+    train(command.train_config(), resume=resume, device=command.device, progress=command.progress,
+          threads=command.threads)
     return 0

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from ..options import check_int
+
 
 @dataclass
 class InfoConfig:
@@ -50,3 +52,6 @@ class BenchCommand(BenchConfig):
     json: str | None = None  # also write the results to this JSON file
     overwrite: bool = False  # replace an existing --json file
     quiet: bool = False  # no progress lines
+
+    def __post_init__(self):
+        check_int("threads", self.threads, 1, none_ok=True)

@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from ..threads import Threads, check_threads
+
 
 @dataclass(kw_only=True)
 class ExtractLatentsConfig:
@@ -21,9 +23,13 @@ class ExtractLatentsConfig:
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     max_batches: int | None = None  # stop each process after this many batches (resume later)
     progress: bool = True  # progress bar
+    threads: Threads = "auto"  # CPU threads: N, or auto (the cores other processes leave free; torch's default on GPU)
     repa_encoder: str | None = None
     """REPA: also store this frozen encoder's patch tokens (dico.repa.load_encoder: dinov2-b, hub:..., timm:...,
     a file, digits); on a finished extraction, adds them without running the VAE again."""
+
+    def __post_init__(self):
+        check_threads(self.threads)
 
 
 @dataclass(kw_only=True)

@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from tyro.conf import Positional, arg
 
+from ..threads import Threads, check_threads
+
 
 @dataclass
 class EvaluateConfig:
@@ -26,3 +28,7 @@ class EvaluateConfig:
     overwrite: bool = False  # replace an existing --json file
     cache: bool = True  # read and write feature caches
     quiet: bool = False  # no progress bars
+    threads: Threads = "auto"  # CPU threads: N, or auto (the cores other processes leave free; torch's default on GPU)
+
+    def __post_init__(self):
+        check_threads(self.threads)

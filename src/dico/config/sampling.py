@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_int, check_new_output,
                        check_number, check_seed, check_steps, comma_separated)
+from ..threads import Threads, check_threads
 
 
 SAMPLE_FORMATS = {".png": ".png (a grid)", ".npz": ".npz (ADM format)"}  # what `dico sample` writes
@@ -98,9 +99,11 @@ class SampleConfig(SamplingOptions):
     nrow: int | None = None  # images per grid row (None: a square grid)
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     overwrite: bool = False  # replace an existing --out (a .npz of the same run is otherwise reported complete)
+    threads: Threads = "auto"  # CPU threads: N, or auto (the cores other processes leave free; torch's default on GPU)
 
     def __post_init__(self):
         super().__post_init__()
+        check_threads(self.threads)
         check_int("num_samples", self.num_samples, 1)
         check_int("nrow", self.nrow, 1, none_ok=True)
         check_int("num_classes", self.num_classes, 1, none_ok=True)

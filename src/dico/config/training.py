@@ -12,6 +12,7 @@ from tyro.conf import arg
 
 from ..objectives import ObjectiveOptions
 from ..options import check_choices, check_int, check_number, comma_separated, json_object, write_yaml
+from ..threads import Threads, check_threads
 from .repa import RepaConfig
 
 
@@ -137,6 +138,11 @@ class TrainCommand(TrainConfig):
     resume: str | None = None  # a checkpoint path, or 'auto' for the newest in --results-dir
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     progress: bool = True  # progress bar
+    threads: Threads = "auto"  # CPU threads: N, or auto (the cores other processes leave free; torch's default on GPU)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_threads(self.threads)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})

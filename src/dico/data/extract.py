@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..distributed import barrier, setup
+from ..threads import ThreadPolicy
 from .folders import ImageFolderDataset, folder_fingerprint, name_some, unreadable_images
 from .latents import (DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES, channel_statistics,
                       create_latent_files, create_repa_files, open_done, open_moments, open_repa_features, read_meta,
@@ -86,7 +87,7 @@ def _write_batch(moments, done, rows: np.ndarray, mean: torch.Tensor, std: torch
 
 def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int = 64, num_workers: int = 4,
                     dtype: str = "float16", device=None, max_batches: int | None = None,
-                    progress: bool = True, repa_encoder=None) -> Path:
+                    progress: bool = True, repa_encoder=None, threads=None) -> Path:
     """Encode every image of the folder `data` (and its mirror image) into posterior moments under `out`.
 
     `vae`: any diffusers AutoencoderKL or AutoencoderDC (alias, Hub id or directory). `repa_encoder`: a frozen
@@ -95,7 +96,8 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
 
     Run under torchrun to split the work over processes. Rerunning the same command resumes an interrupted run;
     on a finished one it does nothing. `max_batches` stops each process after that many batches (an interruption
-    on purpose). Returns `out`; meta.json in it marks a finished extraction.
+    on purpose). `threads`: torch's CPU threads meanwhile (dico.threads.ThreadPolicy: None leaves them alone, N or
+    "auto"). Returns `out`; meta.json in it marks a finished extraction.
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
@@ -138,7 +140,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
             print(f"{out} already holds these latents ({plan['count']} images){_skipped_note(dataset)}; nothing to do")
         return _finish(out, owns_group)
     if state == "tokens":
-        _add_tokens(dataset, out, plan, repa_encoder, env, batch_size, num_workers, max_batches, progress)
+        _add_tokens(dataset, out, plan, repa_encoder, env, batch_size, num_workers, max_batches, progress, threads)
         return _finish(out, owns_group)
     if state == "new" and env.main:
         files = [os.path.relpath(p, dataset.root) for p in dataset.paths]
@@ -150,7 +152,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     barrier()  # everyone has read the same to-do list before anyone marks rows done
     moments = open_moments(out, "r+")
     features = open_repa_features(out, "r+") if repa_encoder is not None else None
-    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress, threads):
         mean, std = encode_moments(model, both)
         tokens = repa_encoder(both) if repa_encoder is not None else None
         _write_batch(moments, done, rows, mean, std, features, tokens)
@@ -192,22 +194,27 @@ def _skipped_note(dataset) -> str:
     return f"; skipped {len(skipped)} {noun}: {name_some(f'{path} ({reason})' for path, reason in skipped)}"
 
 
-def _my_batches(dataset, todo: np.ndarray, env, batch_size: int, num_workers: int, max_batches, progress: bool):
-    """This process's (rows, images and their mirror images on the device) of the rows `todo`, in batches."""
+def _my_batches(dataset, todo: np.ndarray, env, batch_size: int, num_workers: int, max_batches, progress: bool,
+                threads=None):
+    """This process's (rows, images and their mirror images on the device) of the rows `todo`, in batches, with
+    torch's CPU threads as `threads` says (dico.threads.ThreadPolicy) while the caller works on each."""
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     mine = batches[env.rank::env.world][:max_batches]
     loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in mine], num_workers=num_workers,
                         pin_memory=env.device.type == "cuda")
     bar = tqdm(total=sum(len(b) for b in mine), disable=not (progress and env.main), unit="img",
                desc=f"extracting ({env.world} process{'es' if env.world > 1 else ''})", dynamic_ncols=True)
-    for rows, (x, _) in zip(mine, loader):
-        x = x.to(env.device, non_blocking=True)
-        yield rows, torch.cat([x, torch.flip(x, dims=[-1])])
-        bar.update(len(rows))
+    with ThreadPolicy(threads, env.device) as cpu_threads:
+        for rows, (x, _) in zip(mine, loader):
+            cpu_threads()
+            x = x.to(env.device, non_blocking=True)
+            yield rows, torch.cat([x, torch.flip(x, dims=[-1])])
+            bar.update(len(rows))
     bar.close()
 
 
-def _add_tokens(dataset, out: Path, plan: dict, encoder, env, batch_size, num_workers, max_batches, progress):
+def _add_tokens(dataset, out: Path, plan: dict, encoder, env, batch_size, num_workers, max_batches, progress,
+                threads=None):
     """Encoder tokens for a finished extraction that has none (the VAE does not run again); resumable alike."""
     repa_plan = {k: plan[k] for k in REPA_KEYS}
     if (out / REPA_PLAN).is_file():
@@ -223,7 +230,7 @@ def _add_tokens(dataset, out: Path, plan: dict, encoder, env, batch_size, num_wo
     todo = np.flatnonzero(~done)
     barrier()
     features = open_repa_features(out, "r+")
-    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress):
+    for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress, threads):
         _write_rows(features, rows, encoder(both).unflatten(0, (2, len(rows))).transpose(0, 1))
         done[rows] = True
         done.flush()

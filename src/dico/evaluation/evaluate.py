@@ -134,6 +134,7 @@ def evaluate(
     device=None,
     use_cache: bool = True,
     progress: bool = True,
+    threads=None,
 ) -> EvaluationResult:
     """Compare `samples` with `reference` (ADM .npz files or image folders).
 
@@ -143,6 +144,8 @@ def evaluate(
     inception_weights: torch-fidelity's weights-inception-2015-12-05-6726825d.pth; None downloads it once.
     batch_size, device: of the feature network (default: 200 on CUDA, 32 on CPU; CUDA when available).
     use_cache: read/write features next to each input, keyed by content hash and network identity.
+    threads: torch's CPU threads while extracting features (dico.threads.ThreadPolicy: None leaves them alone, N or
+        "auto").
     """
     if features not in FEATURE_KINDS:
         raise ValueError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_KINDS)}")
@@ -166,10 +169,10 @@ def evaluate(
     labels = _sample_labels(sample_source, DigitsFeatures.label_classes) if features == "digits" else None
     extractor = build_extractor(features, inception_weights, device)
 
-    sample_set = cached_features(sample_source, extractor, batch_size, progress, use_cache)
+    sample_set = cached_features(sample_source, extractor, batch_size, progress, use_cache, threads)
     reference_set: FeatureSet | None = None
     if reference_source.has_images:
-        reference_set = cached_features(reference_source, extractor, batch_size, progress, use_cache)
+        reference_set = cached_features(reference_source, extractor, batch_size, progress, use_cache, threads)
     reference_stats = dict(reference_set.statistics) if reference_set else {}
     reference_stats.update(precomputed)
 

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import atomic_write, cache_dir
+from ..threads import ThreadPolicy
 from .images import ImageSource, content_hash, iter_image_batches
 from .metrics import GaussianStatistics, RunningStatistics
 
@@ -84,16 +85,19 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 
 
 def extract_features(
-    source: ImageSource, extractor: FeatureExtractor, batch_size: int = 64, progress: bool = True
+    source: ImageSource, extractor: FeatureExtractor, batch_size: int = 64, progress: bool = True, threads=None
 ) -> FeatureSet:
     """Run the extractor over all images, batch by batch. Kept in memory: the stored layers' features and running
-    statistics; layers needed only for statistics (sFID's 2023-d spatial features) are never gathered."""
+    statistics; layers needed only for statistics (sFID's 2023-d spatial features) are never gathered. `threads`:
+    torch's CPU threads meanwhile (dico.threads.ThreadPolicy: None leaves them alone, N or "auto")."""
     stored = {name: np.empty((source.count, extractor.layers[name]), np.float32) for name in extractor.stored_layers}
     running = {name: RunningStatistics(extractor.layers[name]) for name in extractor.statistics_layers}
     done = 0
-    with tqdm(total=source.count, unit="img", desc=f"{extractor.kind} features of {source.path.name}",
-              disable=not progress, file=sys.stderr, leave=False) as bar:  # fmt: skip
+    cpu_threads = ThreadPolicy(threads, getattr(extractor, "device", "cpu"))
+    with cpu_threads, tqdm(total=source.count, unit="img", desc=f"{extractor.kind} features of {source.path.name}",
+                           disable=not progress, file=sys.stderr, leave=False) as bar:  # fmt: skip
         for batch in _prefetch(iter_image_batches(source, batch_size)):
+            cpu_threads()
             values = extractor(batch)
             for name in stored:
                 stored[name][done : done + len(batch)] = values[name]
@@ -143,13 +147,14 @@ def cached_features(
     batch_size: int = 64,
     progress: bool = True,
     use_cache: bool = True,
+    threads=None,
 ) -> FeatureSet:
     """Features and statistics of `source`, read from the cache when this content met this extractor before."""
     candidates = _cache_candidates(source, extractor, content_hash(source)) if use_cache else []
     for path in candidates:
         if path.is_file() and (hit := _read_cache(path, extractor, source.count)) is not None:
             return hit
-    feature_set = extract_features(source, extractor, batch_size, progress)
+    feature_set = extract_features(source, extractor, batch_size, progress, threads)
     if use_cache:
         feature_set.cache_path = _write_cache(candidates, feature_set)
     return feature_set

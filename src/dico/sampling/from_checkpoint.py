@@ -10,6 +10,7 @@ from ..images import save_grid
 from ..config import SampleConfig
 from ..config.sampling import check_out_suffix, check_sample_output
 from ..options import check_class_ids
+from ..threads import ThreadPolicy
 from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
 
 
@@ -21,12 +22,14 @@ def sampling_options(config: SampleConfig) -> SamplingOptions:
 
 def sample(config: SampleConfig) -> Path | None:
     """Sample `config.num_samples` images of the checkpoint `config.ckpt` into `config.out`: a PNG grid, or an
-    ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None."""
+    ADM-format .npz (split over processes under torchrun). Returns the written path on process 0, else None.
+    `config.threads` is torch's CPU threads meanwhile, as for `dico sample` (dico.threads.ThreadPolicy)."""
     out = Path(config.out)
     check_out_suffix(out)
     check_sample_output(out, config.overwrite)
     options = sampling_options(config)  # checked before any work
     env = setup(config.device)
+    cpu_threads = ThreadPolicy(config.threads, env.device)  # auto: measures the machine while the model loads
     loaded = load_pretrained(config.ckpt, config.model, config.weights, config.image_size, config.vae,
                              config.num_classes)
     model, space = loaded.model.to(env.device), loaded.output_space()
@@ -35,12 +38,13 @@ def sample(config: SampleConfig) -> Path | None:
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, config.num_samples, options, classes, env.rank, env.world,
                              env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
-                             objective=loaded.objective, overwrite=config.overwrite)
+                             objective=loaded.objective, overwrite=config.overwrite, threads=config.threads)
     elif env.main:
         indices = list(range(config.num_samples))
         labels = image_labels(indices, model.num_classes, config.seed, classes)
-        images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
-                          progress=True, objective=loaded.objective)
+        with cpu_threads:
+            images = generate(model, space, indices, labels, options, env.device, vae=load_vae_for(space, env.device),
+                              progress=True, objective=loaded.objective)
         # Small images (8x8 digits) are shown enlarged by pixel repetition, as the trainer's grid does.
         path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))),
                          scale=max(1, 32 // space.resolution))

@@ -22,6 +22,7 @@ from ..config.sampling import check_out_suffix
 from ..options import check_class_ids, check_new_output
 from ..objectives import objective_from_dict
 from ..randomness import PURPOSES, keyed_randint
+from ..threads import ThreadPolicy
 from .guided import sample_latents
 
 
@@ -104,7 +105,7 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None, objective=None, overwrite: bool = False) -> Path | None:
+                  run_info: dict | None = None, objective=None, overwrite: bool = False, threads=None) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -112,6 +113,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     refused rather than mixed. Process 0 merges the shards at the end. Returns the .npz path on process 0.
     An existing `out` sampled with the same settings is reported complete; any other is refused unless `overwrite`,
     and then replaced at the end in one rename.
+    `threads`: torch's CPU threads while sampling (dico.threads.ThreadPolicy: None leaves them alone, N or "auto").
     """
     out = Path(out)
     check_out_suffix(out, (".npz",))
@@ -155,13 +157,15 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     todo = [k for k in shards if not (parts / f"{k:06d}.npz").exists()]
     vae = load_vae_for(space, device) if todo else None
     model.eval()
-    for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
-        indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
-        labels = image_labels(indices, model.num_classes, options.seed, classes)
-        images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
-        tmp = parts / f".{k:06d}.tmp.npz"
-        np.savez(tmp, images=images)
-        tmp.replace(parts / f"{k:06d}.npz")
+    with ThreadPolicy(threads, device or next(model.parameters()).device) as cpu_threads:
+        for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
+            cpu_threads()
+            indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
+            labels = image_labels(indices, model.num_classes, options.seed, classes)
+            images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
+            tmp = parts / f".{k:06d}.tmp.npz"
+            np.savez(tmp, images=images)
+            tmp.replace(parts / f"{k:06d}.npz")
     barrier()
     if rank != 0:
         return None

@@ -32,6 +32,7 @@ from ..options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
+from ..threads import ThreadPolicy
 from .optim import adamw
 from .state import ResumePoint, TrainingState, read_training_checkpoint
 
@@ -234,16 +235,18 @@ def save_checkpoint(state: TrainingState, results: Path, env: Dist, sync: bool =
 
 
 def train(config: TrainConfig, resume=None, device: str | None = None, progress: bool = True,
-          write_grid: bool = True) -> Path:
+          write_grid: bool = True, threads=None) -> Path:
     """Train (or resume) a run; returns the path of the final checkpoint.
 
     Nothing is written until the data, the model and the run settings have been checked, so a run that cannot start
     leaves no results folder behind. SIGINT/SIGTERM save a consistent checkpoint and raise TrainingInterrupted; any
     other error saves an emergency checkpoint when the state is consistent (never mid-update, never non-finite
     weights); non-finite losses or gradients raise NonFiniteError naming the step (or skip up to
-    `config.skip_nonfinite` such steps).
+    `config.skip_nonfinite` such steps). `threads`: torch's CPU threads while training (dico.threads.ThreadPolicy:
+    None leaves them alone, N or "auto").
     """
     env = setup(device)
+    cpu_threads = ThreadPolicy(threads, env.device)
     results = Path(config.results_dir)
     check_writable_dir("results_dir", results)
     point = resume_point(resume, results)
@@ -325,8 +328,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     consistent = True  # step counter, weights, EMA and optimizer agree (false only while an update is applied)
     batch_iter = iter(loader)
     try:
-        with StopSignals() as stop:
+        with StopSignals() as stop, cpu_threads:
             while state.step < config.max_steps:
+                cpu_threads()  # re-measured every 2 s, so cheap
                 step = state.step  # the index of the step being taken: its keys, learning rate and REPA weight
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(config, step)
