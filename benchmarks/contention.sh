@@ -49,7 +49,8 @@ trap 'exit 130' INT TERM
 
 train() {  # train RESULTS_DIR STEPS [flags]: the digits demo, quiet, no sample grid
     local results=$1 n=$2; shift 2
-    "${pin[@]}" "${dico[@]}" train --results-dir "$results" --max-steps "$n" --no-progress --grid-classes 0 "$@"
+    # exec: a run started with `(train ...) &` is then the process $! names, so that stop() ends it, not a subshell
+    exec "${pin[@]}" "${dico[@]}" train --results-dir "$results" --max-steps "$n" --no-progress --grid-classes 0 "$@"
 }
 
 steps_per_second() {  # the training speed in a results folder's log.jsonl: all steps over the summed window times
@@ -67,7 +68,7 @@ EOF
 measure() {  # measure NAME: one measured run; prints and returns (in $rate) its steps/s
     local name=$1 results=$work/$1
     echo "== $name: uptime$(uptime)"
-    train "$results" "$steps" "${extra[@]}" >"$results.out" 2>&1 || { cat "$results.out" >&2; exit 1; }
+    (train "$results" "$steps" "${extra[@]}") >"$results.out" 2>&1 || { cat "$results.out" >&2; exit 1; }
     rate=$(steps_per_second "$results")
     echo "== $name: $rate steps/s"
 }
@@ -92,7 +93,7 @@ echo "dico: ${dico[*]}; cores: ${cores:-all}; $steps steps; flags: ${extra[*]:-n
 measure alone
 alone=$rate
 
-train "$work/other" 1000000 "${extra[@]}" >"$work/other.out" 2>&1 &
+(train "$work/other" 1000000 "${extra[@]}") >"$work/other.out" 2>&1 &
 others=($!)
 wait_for "$work/other/config.yaml" "${others[0]}"
 measure beside-dico-train

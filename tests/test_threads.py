@@ -1,16 +1,13 @@
 """CPU threads on a shared machine (dico.threads): the auto policy driven by made-up /proc readings, the --threads
-flag of each command, and the passive OpenMP wait the `dico` command asks for."""
+flag of each command."""
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-import dico
 from dico.cli import main, parse
 from dico.threads import OtherLoad, ThreadPolicy, check_threads, cpu_ticks, free_cores, own_ticks, torch_default_threads
 
@@ -214,24 +211,3 @@ def test_bench_says_thread_in_the_singular_and_refuses_zero(capsys):
         parse("bench", ["--threads", "0"])
     assert done.value.code == 2
     assert "--threads must be an integer >= 1 or None, got 0" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------ passive OpenMP wait
-def openmp_settings(**env) -> str:
-    """What libgomp reports at load (OMP_DISPLAY_ENV) when a child process runs the `dico` command, then imports
-    torch; "" when torch's OpenMP is not libgomp."""
-    code = "from dico.cli import main\nmain(['train', '--print-config'])\nimport torch"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
-    child_env.update(PYTHONPATH=str(Path(dico.__file__).parents[1]), OMP_DISPLAY_ENV="VERBOSE", **env)
-    done = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
-def test_the_command_makes_idle_openmp_threads_sleep_unless_the_user_chose():
-    passive = openmp_settings()
-    if "GOMP_SPINCOUNT" not in passive:
-        pytest.skip("torch's OpenMP is not libgomp")
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in passive and "GOMP_SPINCOUNT = '0'" in passive  # no spinning at all
-    active = openmp_settings(OMP_WAIT_POLICY="ACTIVE")
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in active and "GOMP_SPINCOUNT = '0'" not in active

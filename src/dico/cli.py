@@ -15,7 +15,6 @@ interrupts.install()  # first: the imports below take a second or more, and a si
 import difflib
 import importlib
 import inspect
-import os
 import sys
 from dataclasses import MISSING, dataclass, fields
 
@@ -126,9 +125,6 @@ def main(argv=None) -> int:
     """Run `dico ARGS...` (argv None: the program's own arguments) and return its exit code. SIGINT and SIGTERM stop
     any command as one line, exit 130 or 143 (dico.interrupts); once the program (argv None) has finished, they are
     ignored while Python exits, so they cannot turn a completed command into a failed one."""
-    # Idle OpenMP threads sleep rather than spin, leaving the cores to other processes (dico.threads); libgomp reads
-    # this once, when torch loads it, and no command has loaded torch yet.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         with stop_on_signals(then_ignore=argv is None):
             return run_command(argv)
