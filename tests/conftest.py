@@ -13,6 +13,7 @@ The official release's tensors live in ../shared/fixtures beside the checkout (h
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -62,6 +63,12 @@ def pytest_configure(config):
         raise pytest.UsageError(f"tests/conftest.py: {', '.join(early)} imported before the test session set its "
                                 "cache variables; run pytest without the plugin that imports them")
     absolute_paths()
+    # Started in the background of a non-interactive shell (`make test &`), a run inherits SIGINT ignored, and so
+    # would every command a test starts; the signal tests need what a terminal gives: Python's Ctrl-C handler.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     SESSION = Path(tempfile.mkdtemp(prefix="dico-tests-")).resolve()
     for name, sub in CACHE_VARIABLES.items():
         (SESSION / sub).mkdir(parents=True, exist_ok=True)
