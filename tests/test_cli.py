@@ -455,3 +455,18 @@ def test_sample_help_says_what_it_does_with_an_official_checkpoint_without_model
                  "32", "--steps", "2", "--num-samples", "2", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+# ------------------------------------------------------------------- values the options refuse: one line, exit 2
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--ckpt", "x.pt", "--out", "a.png", "--cfg-scale", "nan"],
+     "dico sample: error: --cfg-scale (guidance_scale) must be a finite number >= 0, got nan"),
+    (["sample", "--ckpt", "x.pt", "--out", "a.png", "--seed", "-1"],
+     "dico sample: error: --seed must be an integer in [0, 2**64), got -1"),
+    (["train", "--threads", "0"], "dico train: error: --threads must be an integer >= 1 or auto, got 0"),
+])
+def test_a_value_the_options_refuse_is_one_line_not_a_box(args, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        parse(args[0], args[1:])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip() == message

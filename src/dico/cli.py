@@ -12,6 +12,7 @@ from . import interrupts
 
 interrupts.install()  # first: the imports below take a second or more, and a signal there must stop `dico` alike
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -111,8 +112,26 @@ def parse(name: str, args: list):
     else:
         default, prepared = with_values(plain_defaults(options_class), values, source), {}
     description = f"{inspect.cleandoc(options_class.__doc__)}\n\n{CONFIG_FLAGS_HELP}"
-    options = tyro.cli(options_class, args=args, default=default, prog=f"dico {name}", description=description)
+    with one_line_value_errors():
+        options = tyro.cli(options_class, args=args, default=default, prog=f"dico {name}", description=description)
     return options, prepared, print_config
+
+
+def one_line_value_errors():
+    """While tyro parses: a value the options' own checks refuse (their __post_init__) is reported as every other
+    input error, `dico CMD: error: MESSAGE` and exit 2, not in tyro's box. Flags tyro cannot even convert keep tyro's
+    box, which shows the flag's help. The hook is tyro's (marked unstable): without it, the box."""
+    hook = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
+    failure = getattr(getattr(tyro, "_errors", None), "InstantiationFailure", None)
+    if hook is None or failure is None:
+        return contextlib.nullcontext()
+
+    def report(event):
+        if isinstance(event, failure) and event.argument is None:  # the dataclass refused the values as a whole
+            print(f"{event.prog}: error: {event.message}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+    return hook(report)
 
 
 def training_interrupted(err: Exception) -> bool:
