@@ -189,32 +189,24 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
         raise ValueError(f"{flag(name)} must be a finite number{' ' + allowed if allowed else ''}, got {value!r}")
 
 
-def check_writable_parent(name: str, path) -> None:
-    """A ValueError naming the flag when `path` could not be written: an existing folder in the way, or no write
-    permission on the nearest existing parent folder (checked before any work)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ValueError(f"{flag(name)} {path} is a folder; name a file")
-    check_can_create(name, path.parent, path)
-
-
 def check_writable_dir(name: str, path) -> None:
     """A ValueError naming the flag when `path` cannot be (or be made) a folder we can write in."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag(name)} {path} is a file, not a folder")
-    check_can_create(name, path, path)
+    check_can_create(f"{flag(name)} {path}", path)
 
 
-def check_can_create(name: str, folder: Path, path: Path) -> None:
-    """`folder` exists and is writable, or its nearest existing parent is a folder we may write in."""
+def check_can_create(said: str, folder: Path) -> None:
+    """`folder` exists and is writable, or its nearest existing parent is a folder we may write in; a message starts
+    with `said` (the flag and the path it names)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{flag(name)} {path}: {existing} is a file, not a folder")
+        raise ValueError(f"{said}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag(name)} {path}: no permission to write in {existing}")
+        raise ValueError(f"{said}: no permission to write in {existing}")
 
 
 # --- sampling values: one check each, for the flags, DiCoPipeline, the demo and the Python sampling functions ----
@@ -332,11 +324,6 @@ def check_new_output(path, overwrite: bool = False, flag_name: str | None = None
     named in the message when the path came from that flag."""
     path = Path(path).expanduser()
     said = f"{flag(flag_name)} {path}" if flag_name else str(path)
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{said}: {existing} is a file, not a folder")
     if path.is_dir() and not folder:
         raise ValueError(f"{said} is a folder; name a file")
     if path.exists() and folder and not path.is_dir():
@@ -346,5 +333,4 @@ def check_new_output(path, overwrite: bool = False, flag_name: str | None = None
                          "dico never writes into it: name a new or empty folder")
     if path.exists() and not overwrite and not (folder and not any(path.iterdir())):
         raise ValueError(f"{said} already exists; pass --overwrite to replace it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{said}: no permission to write in {existing}")
+    check_can_create(said, path.parent)  # (under a file, `path` cannot exist: the checks above pass)
