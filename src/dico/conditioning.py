@@ -3,8 +3,9 @@ along without looking inside.
 
 A conditioning holds one condition per image of a batch. It gives the model's keyword arguments, its null (the
 unconditional input that label dropout trains and classifier-free guidance contrasts with), the batch of two
-conditionings laid end to end ([cond; null] for guidance). Class labels are one kind
-(`ClassLabels`: the null is the extra label `num_classes`); a text embedding is the next.
+conditionings laid end to end ([cond; null] for guidance). Two kinds: class labels (`ClassLabels`: the null is the
+extra label `num_classes`, passed as `y`) and text tokens (`TextTokens`: the token embeddings of each prompt, passed
+as `context`; the null is the embedding of the empty caption).
 """
 
 from dataclasses import dataclass
@@ -75,6 +76,55 @@ class ClassLabels(Conditioning):
         if model.y_embedder.tables[0].num_embeddings <= model.num_classes:
             raise ValueError("classifier-free guidance needs a model trained with label dropout (a null class); "
                              "sample it with guidance scale 1")
+
+
+@dataclass
+class TextTokens(Conditioning):
+    """The text encoder's token embeddings of one prompt per image, (N, L, D); the null is the empty caption's
+    embedding (L, D), the condition caption dropout trains and guidance contrasts with."""
+
+    context: torch.Tensor
+    null_context: torch.Tensor
+
+    def __post_init__(self):
+        if self.context.ndim != 3:
+            raise ValueError(f"text context must be (N, tokens, width), got shape {tuple(self.context.shape)}")
+        if tuple(self.null_context.shape) != tuple(self.context.shape[1:]):
+            raise ValueError(f"the null (empty caption) context has shape {tuple(self.null_context.shape)}, the "
+                             f"prompts' {tuple(self.context.shape[1:])}: embedded by different text encoders?")
+
+    def model_kwargs(self) -> dict:
+        return {"context": self.context}
+
+    def null(self) -> "TextTokens":
+        null = self.null_context.to(self.context).expand_as(self.context)
+        return TextTokens(null.contiguous(), self.null_context)
+
+    def dropped(self, drop: torch.Tensor) -> "TextTokens":
+        null = self.null_context.to(self.context)
+        return TextTokens(torch.where(drop[:, None, None], null, self.context), self.null_context)
+
+    def cat(self, other: "TextTokens") -> "TextTokens":
+        return TextTokens(torch.cat([self.context, other.context]), self.null_context)
+
+    def to(self, device) -> "TextTokens":
+        return TextTokens(self.context.to(device), self.null_context.to(device))
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    @staticmethod
+    def check_guidable(model) -> None:
+        """Every text model can be guided: its null is an input (the empty caption), not a trained table row."""
+        if not is_text_model(model):
+            raise ValueError("text conditioning needs a text-conditioned model (one that takes `context`)")
+
+
+def is_text_model(model) -> bool:
+    """Whether `model` is conditioned on text tokens (its config names their width, `context_dim`) rather than on
+    class labels."""
+    config = getattr(model, "config", None)
+    return bool(config is not None and config.get("context_dim"))
 
 
 def class_labels(labels, model) -> ClassLabels:
