@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..conditioning import is_text_model
 from ..models import build_model, create_model
 
 aten = torch.ops.aten
@@ -83,7 +84,7 @@ class MacCounter(TorchDispatchMode):
 
 
 def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
-    """(parameters, MACs) of one forward pass of `model(x, t, y)` on an input of `input_shape` (N, C, H, W).
+    """(parameters, MACs) of one forward pass of `model(x, t, y)` (y: labels or prompt tokens) on an input of `input_shape` (N, C, H, W).
 
     MACs are for the whole batch (use N=1 for the paper's per-image figure). The model is moved to `device`
     ("meta" by default: a shape-only copy, so nothing is computed and no memory is used); the caller's model is
@@ -97,7 +98,7 @@ def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
     n = input_shape[0]
     x = torch.zeros(input_shape, device=device)
     t = torch.zeros(n, device=device)
-    y = torch.zeros(n, dtype=torch.long, device=device)
+    y = condition_input(model, n, device)
     was_training = model.training
     model.eval()
     counter = MacCounter()
@@ -107,6 +108,14 @@ def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
     finally:
         model.train(was_training)
     return params, counter.total
+
+
+def condition_input(model, n: int, device="cpu") -> torch.Tensor:
+    """A zero condition for a batch of n, the third argument of `model(x, t, ·)`: class labels, or for a text model
+    prompt token embeddings (n, context_length, context_dim) (counts depend on shapes only)."""
+    if is_text_model(model):
+        return torch.zeros(n, model.config["context_length"], model.config["context_dim"], device=device)
+    return torch.zeros(n, dtype=torch.long, device=device)
 
 
 def _meta_copy(model):

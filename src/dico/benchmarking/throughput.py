@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_pretrained
 from ..config.benchmarking import BenchConfig
-from ..models import create_model, list_models
+from ..conditioning import is_text_model
+from ..models import create_model, list_models, model_spec
 from ..options import check_guidance_scale, check_steps
 from ..training.optim import adamw
 from .official import official_twin
@@ -160,8 +161,16 @@ class _Case:
         self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         # our models know their classes; the official twin of a registered model has the configured number
         self.num_classes = getattr(model, "num_classes", config.num_classes)
-        self.y = torch.randint(0, max(self.num_classes, 1), (batch,), generator=g).to(device)
+        if is_text_model(model):  # random prompt token embeddings of the model's shape; the null, another draw
+            tokens = model.config["context_length"], model.config["context_dim"]
+            self.y = torch.randn(batch, *tokens, generator=g).to(device)
+        else:
+            self.y = torch.randint(0, max(self.num_classes, 1), (batch,), generator=g).to(device)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
+        if is_text_model(model):
+            self.null = torch.randn(1, *tokens, generator=g).to(device).expand_as(self.y)
+        else:
+            self.null = torch.full_like(self.y, self.num_classes)
         self.seconds, self.peak = [], 0
         if task == "train":
             # Each case trains its own copy, so optimizer state never leaks between implementations. Each
@@ -186,8 +195,7 @@ class _Case:
     @torch.no_grad()
     def sample(self):
         # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
-        null = torch.full_like(self.y, self.num_classes)
-        y = torch.cat([self.y, null])
+        y = torch.cat([self.y, self.null])
         x = torch.randn_like(self.x)
         steps = self.config.sample_steps
         for i in reversed(range(steps)):
@@ -229,7 +237,9 @@ def build_cases(config: BenchConfig):
     for name in config.models:
         torch.manual_seed(config.seed)
         if name in list_models():
-            base = create_model(name, input_size=latent, num_classes=config.num_classes)
+            # (text models have no classes: --num-classes applies to the class-conditional ones)
+            labels = {"num_classes": config.num_classes} if "num_classes" in model_spec(name)["config"] else {}
+            base = create_model(name, input_size=latent, **labels)
             # Random (not zero-initialised) adaLN and output weights, so every path does real work.
             with torch.no_grad():
                 for p in base.parameters():
