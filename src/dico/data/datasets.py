@@ -8,7 +8,7 @@ import torch
 from ..conditioning import ClassLabels, TextTokens
 from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, digits_fingerprint
 from .folders import ImageFolderDataset, folder_fingerprint
-from .latents import LatentDataset, is_latent_dir
+from .latents import LatentDataset, TextLatentDataset, is_latent_dir, read_meta
 from .space import OutputSpace
 from .vae import LATENT_SCALE, check_vae_matches
 
@@ -72,7 +72,8 @@ def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=N
                   latent_norm: str | None = None):
     """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; "digits-text" -> the digits with
     captions (items (pixels, caption token embeddings), see dico.data.digits_text); a directory written by
-    `dico extract-latents` -> its latents (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
+    `dico extract-latents` -> its latents (with caption embeddings: a TextLatentDataset of (latent, context)
+    items and text facts) (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
     VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (256 when
     None; with
     `vae`: an error asking to extract latents)."""
@@ -88,7 +89,8 @@ def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=N
                                 "root/<image>), a latents directory written by `dico extract-latents`, or nothing "
                                 "for the bundled digits")
     if is_latent_dir(path):
-        dataset = LatentDataset(path, seed=seed, latent_norm=latent_norm)
+        text = bool(read_meta(path).get("text_encoder"))
+        dataset = (TextLatentDataset if text else LatentDataset)(path, seed=seed, latent_norm=latent_norm)
         meta, norm = dataset.meta, dataset.normalization
         channels, height, width = meta["latent_shape"]
         if height != width:
@@ -97,6 +99,9 @@ def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=N
         facts = DataFacts(channels, height, meta["num_classes"], decoder, norm["latent_scale"], meta["class_names"],
                           fingerprint=meta.get("fingerprint"), latent_mean=norm["latent_mean"],
                           latent_std=norm["latent_std"])
+        if text:  # captions instead of class labels
+            facts.num_classes, facts.class_names = 0, None
+            facts.text_encoder, facts.null_context = dataset.text_encoder, dataset.null_context
         return dataset, facts
     if vae is not None:
         raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size or DEFAULT_IMAGE_SIZE, vae=vae))

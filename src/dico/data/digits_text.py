@@ -14,8 +14,6 @@ Captions are embedded once by the digits text tower (dico.text, "dico:digits-cli
 
 import hashlib
 
-import torch
-
 from .captions import draw_caption
 from .digits import DigitsDataset, digits_fingerprint
 
@@ -40,19 +38,20 @@ def digits_prompts(split: str = "seen") -> list:
     return [(caption(p, d), d) for d in range(10) for p in phrasings]
 
 
-class DigitsTextDataset(torch.utils.data.Dataset):
+class DigitsTextDataset(DigitsDataset):
     """(x float32 (1, 8, 8) in [-1, 1], context float32 (77, D)): each visit one of the image's seen captions,
     drawn by a generator keyed by (seed, epoch, index) (call `set_epoch` first; the trainer does), as the token
     embeddings of `encoder` (a dico.text.TextEncoder; default the digits tower). `null_context`: the empty
-    caption's embedding. `captions[i]`: the caption behind `embeddings[i]`."""
+    caption's embedding. `captions[i]`: the caption behind `embeddings[i]`. A DigitsDataset (images, labels), so
+    what works on the digits' pixels (REPA's encoder tokens) works here too."""
 
     def __init__(self, encoder=None, seed: int = 0):
         if encoder is None:
             from ..text import DIGITS_TEXT_ENCODER, load_text_encoder
 
             encoder = load_text_encoder(DIGITS_TEXT_ENCODER)
+        super().__init__()
         self.encoder_record = encoder.to_dict()
-        self.digits = DigitsDataset()
         self.seed, self.epoch = int(seed), 0
         self.captions = [caption(p, d) for d in range(10) for p in SEEN_PHRASINGS]
         self.embeddings = encoder.encode(self.captions).cpu()  # (10 * len(SEEN), L, D), row d * len(SEEN) + p
@@ -61,17 +60,13 @@ class DigitsTextDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self):
-        return len(self.digits)
-
     def caption_index(self, index: int) -> int:
         """Which caption (row of `captions`) item `index` carries in this epoch."""
-        digit = int(self.digits.labels[index])
+        digit = int(self.labels[index])
         return digit * len(SEEN_PHRASINGS) + draw_caption(self.seed, self.epoch, index, len(SEEN_PHRASINGS))
 
     def __getitem__(self, index):
-        x, _ = self.digits[index]
-        return x, self.embeddings[self.caption_index(index)]
+        return self.images[index], self.embeddings[self.caption_index(index)]
 
 
 def digits_text_fingerprint(encoder_record: dict) -> str:
