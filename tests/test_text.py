@@ -68,6 +68,12 @@ def test_a_record_rebuilds_the_same_encoder(clip_dir):
     record = encoder.to_dict()
     assert record == {"name": str(clip_dir.resolve()), "class": "CLIPTextModel", "length": 16, "dim": 32,
                       "attention_mask": False, "tokenizer": "open_clip-bpe"}
+    assert encoder.encode([]).shape == (0, 16, 32)
+    with pytest.raises(TypeError, match="a list of prompts"):
+        encoder.encode("seven")
+    cond = encoder.conditioning(["seven", "3"])
+    torch.testing.assert_close(cond.null().context[1], encoder.null(), rtol=0, atol=0)
+    torch.testing.assert_close(cond.context, encoder.encode(["seven", "3"]), rtol=0, atol=0)
     again = TextEncoder.from_dict(record)
     assert again.encode(["seven"]).shape == (1, 16, 32)
     torch.testing.assert_close(again.encode(CAPTIONS), encoder.encode(CAPTIONS), rtol=0, atol=0)
@@ -127,6 +133,21 @@ def test_a_hub_name_not_cached_offline_fails_in_one_line(monkeypatch):
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set") as caught:
         load_text_encoder("openai/clip-vit-large-patch14")
     assert "\n" not in str(caught.value)
+
+
+def test_without_the_text_extra_an_encoder_names_it_in_one_line(tmp_path):
+    from dico.extras import install_line
+    from test_install import without
+
+    done = without({"transformers", "open_clip"}, """
+        import dico.data, dico.text
+        try:
+            dico.text.load_text_encoder("dico:digits-clip")
+        except ImportError as err:
+            print(type(err).__name__, err)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"MissingExtra text encoders needs transformers: {install_line('text')}"]
 
 
 def test_the_digits_tower_is_the_same_random_tower_every_time(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ VAE moments with every caption's token embeddings (resumable, bad rows refused b
 latent data set that draws one caption per visit. A tiny random VAE and a tiny random CLIP tower; nothing downloads."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,12 +13,12 @@ from PIL import Image
 
 from dico.cli import main as cli
 from dico.conditioning import TextTokens
-from dico.data import (TextLatentDataset, build_dataset, draw_caption, extract_latents, load_vae, read_captioned_images,
-                       read_captions, read_meta)
+from dico.data import (TextLatentDataset, build_dataset, draw_caption, evaluation_captions, extract_latents, load_vae,
+                       read_captioned_images, read_captions, read_meta)
 from dico.data.folders import load_image
 from dico.data.latents import DONE, META, PLAN, open_moments, open_text_context
 from dico.text import build_tiny_clip, load_text_encoder
-from helpers import save_tiny_vae
+from helpers import run_child, save_tiny_vae
 
 SIZE = 16  # image size; the tiny VAE halves it once -> 8x8 latents
 # COCO ids out of name order: images are numbered by id, as U-ViT's and REPA's COCO features are
@@ -178,6 +180,20 @@ def test_interrupted_text_extraction_resumes_to_the_uninterrupted_result(extract
     np.testing.assert_allclose(open_moments(out), open_moments(extracted), rtol=0, atol=1e-6)
 
 
+def test_two_processes_extract_the_captions_one_does(extracted, coco, tiny, tmp_path):
+    out = tmp_path / "latents2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dico.cli",
+           "extract-latents", "--data", str(coco), "--out", str(out), "--image-size", str(SIZE), "--vae",
+           str(tiny["vae"]), "--text-encoder", str(tiny["clip"]), "--batch-size", "1", "--num-workers", "0",
+           "--dtype", "float32", "--device", "cpu", "--no-progress"]
+    done = run_child(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_meta(out)["text_encoder"] == read_meta(extracted)["text_encoder"]
+    assert read_captions(out) == read_captions(extracted)
+    np.testing.assert_allclose(open_text_context(out), open_text_context(extracted), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(open_moments(out), open_moments(extracted), rtol=0, atol=1e-6)
+
+
 def test_text_latents_draw_one_stored_caption_per_visit(extracted):
     dataset, facts = build_dataset(str(extracted), seed=3)
     assert isinstance(dataset, TextLatentDataset) and facts.num_classes == 0 and facts.context_shape == (77, 32)
@@ -198,3 +214,13 @@ def test_text_latents_draw_one_stored_caption_per_visit(extracted):
     cond = facts.conditioning(torch.stack([dataset[i][1] for i in range(3)]))
     assert isinstance(cond, TextTokens)
     torch.testing.assert_close(cond.null().context[0], facts.null_context)
+
+
+def test_evaluation_takes_one_caption_per_image_keyed_like_training_s_first_epoch(extracted, coco):
+    per_image = read_captions(extracted)
+    prompts = evaluation_captions(extracted, seed=4)
+    assert prompts == evaluation_captions(coco, seed=4)  # the folder and its latents agree
+    assert prompts == [per_image[i][draw_caption(4, 0, i, len(per_image[i]))] for i in range(3)]
+    longer = evaluation_captions(coco, seed=4, count=7)
+    assert longer[:3] == prompts and longer[6] == per_image[0][draw_caption(4, 2, 0, len(per_image[0]))]
+    assert all(longer[k] in per_image[k % 3] for k in range(7))

@@ -163,6 +163,20 @@ def _read_coco(folder: Path, file: Path) -> tuple:
     return [str(folder / images[i]) for i in order], [by_image[i] for i in order], bad
 
 
+def evaluation_captions(source, seed: int = 0, count: int | None = None) -> list:
+    """One caption per image of `source` (a captioned folder, see read_captioned_images, or a latents folder
+    extracted with a text encoder), drawn by the key (seed, 0, image index) as training's first epoch would:
+    the prompts of "one sample per val image" (REPA's COCO protocol). `count` past the number of images cycles the
+    images again, the k-th pass drawing with epoch k (U-ViT's 30K samples from COCO val's 40,504 images stop short of
+    a second pass)."""
+    from .latents import is_latent_dir, read_captions
+
+    captions = (read_captions(source) if is_latent_dir(source) else read_captioned_images(source).captions)
+    count = len(captions) if count is None else int(count)
+    return [captions[k % len(captions)][draw_caption(seed, k // len(captions), k % len(captions),
+                                                     len(captions[k % len(captions)]))] for k in range(count)]
+
+
 class CaptionedImageDataset(torch.utils.data.Dataset):
     """(image float32 (3, size, size) in [-1, 1], 0) of a CaptionedImages list, centre-cropped as image folders are;
     what extraction encodes (the captions are encoded apart)."""

@@ -132,6 +132,9 @@ class TextEncoder:
         """(input_ids (N, length), attention_mask (N, length)) of `prompts`, padded to `length`, truncated past it."""
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not one string")
+        if not len(prompts):
+            empty = torch.zeros(0, self.length, dtype=torch.long)
+            return empty, empty
         batch = self.tokenizer(list(prompts), padding="max_length", max_length=self.length, truncation=True,
                                return_tensors="pt")
         return batch["input_ids"], batch.get("attention_mask")
@@ -140,6 +143,8 @@ class TextEncoder:
     def encode(self, prompts) -> torch.Tensor:
         """The last hidden state of each prompt, (N, length, dim) float32."""
         ids, mask = self.tokenize(prompts)
+        if not len(ids):
+            return torch.zeros(0, self.length, self.dim)
         kwargs = {"attention_mask": mask.to(self.device)} if self.attention_mask and mask is not None else {}
         hidden = self.model(input_ids=ids.to(self.device), **kwargs).last_hidden_state
         return hidden.float()
@@ -147,6 +152,13 @@ class TextEncoder:
     def null(self) -> torch.Tensor:
         """The empty caption's embedding (length, dim): the unconditional input caption dropout trains."""
         return self.encode([""])[0]
+
+    def conditioning(self, prompts):
+        """`prompts` as the condition of a text model: TextTokens of their embeddings, with the empty caption's as
+        the null (what guidance contrasts with)."""
+        from ..conditioning import TextTokens
+
+        return TextTokens(self.encode(prompts), self.null())
 
     def to_dict(self) -> dict:
         """What a checkpoint or a latents folder records to rebuild this encoder (`from_dict`)."""
