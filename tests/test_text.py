@@ -52,6 +52,39 @@ def test_clip_folder_encodes_its_last_hidden_state(clip_dir):
     assert not torch.allclose(context[0], context[3])
 
 
+def test_a_full_clip_checkpoint_gives_its_text_tower_and_a_vision_tower_is_refused(tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+    from dico.text.tiny import tiny_clip_config
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=tiny_clip_config(32, 1, 2).to_dict(), projection_dim=16,
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=32, patch_size=16))
+    clip = CLIPModel(config).eval()
+    clip.save_pretrained(tmp_path / "clip")  # as openai/clip-vit-large-patch14 is stored: both towers
+    ids = clip_bpe_tokenizer()(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = clip.text_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(load_text_encoder(tmp_path / "clip").encode(["a cat"]), expected, rtol=0, atol=0)
+    CLIPVisionModel(config.vision_config).save_pretrained(tmp_path / "vision")
+    with pytest.raises(ValueError, match="reads no text"):
+        load_text_encoder(tmp_path / "vision")
+
+
+def test_weights_missing_from_the_file_are_an_error_not_random_values(clip_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "deeper"
+    shutil.copytree(clip_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match=r"16 weights of the CLIPTextModel are not in the file "
+                                         r"\(encoder.layers.2"):
+        load_text_encoder(folder)
+
+
 def test_tokenizer_files_in_the_folder_are_used(clip_dir, tmp_path):
     import shutil
 

@@ -206,18 +206,29 @@ def load_text_encoder(name_or_path=DEFAULT_TEXT_ENCODER, device=None, dtype=None
         if local:
             raise ValueError(f"{source}: unreadable text encoder config ({err})") from err
         raise _hub_error(name, "config", err) from err
-    cls = _text_model_class(config, transformers)
+    cls = _text_model_class(config, transformers) or transformers.AutoModel
+    if cls is transformers.AutoModel and not getattr(config, "vocab_size", None):
+        raise ValueError(f"{name} holds a {config.model_type} model, which reads no text (its config has no "
+                         "vocabulary); pass a text encoder")
+    # The load report would list every weight of the parts not loaded (CLIP's vision tower, T5's decoder); what
+    # matters, a text weight missing from the file, is checked below instead.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
-        if cls is None:
-            model = transformers.AutoModel.from_pretrained(source, dtype=dtype, **options)
-            if getattr(model.config, "is_encoder_decoder", False):
-                model = model.get_encoder()
-        else:
-            model = cls.from_pretrained(source, dtype=dtype, **options)
+        model, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
     except OSError as err:
         if local:
             raise ValueError(f"{source} holds no {config.model_type} weights transformers can read ({err})") from err
         raise _hub_error(name, "weights", err) from err
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would leave them at random initial values
+        raise ValueError(f"{source}: {len(missing)} weights of the {type(model).__name__} are not in the file "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); not a text encoder "
+                         "checkpoint of this kind")
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        model = model.get_encoder()
     is_clip = isinstance(model, transformers.CLIPTextModel)
     tokenizer, tokenizer_source = _load_tokenizer(source, name, local, is_clip, options, transformers)
     if is_clip and tokenizer_source == "open_clip-bpe" and model.config.vocab_size < len(tokenizer):
