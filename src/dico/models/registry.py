@@ -9,6 +9,7 @@ import difflib
 
 from .dico import DiCo
 from .dit import DiT
+from .mmdit import MMDiT
 from .config import ModelSpec, config_fields, resolve_config
 
 # Official DiCo sizes (hidden width C, stage depths [enc1, enc2, mid, dec2, dec1], FFN ratio).
@@ -27,13 +28,15 @@ DIT_SIZES = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
-ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT}
+ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT, MMDiT.arch: MMDiT}
 
 # name -> (arch, the size's constructor arguments)
 MODELS = {name: (DiCo.arch, size) for name, size in DICO_SIZES.items()}
 MODELS.update(
     {f"{name}/{patch}": (DiT.arch, dict(size, patch_size=patch)) for name, size in DIT_SIZES.items() for patch in (2, 4, 8)}
 )
+# REPA's text-to-image MMDiT: one name, sized by `depth` (width 32 * depth, depth heads); REPA trains depth 24.
+MODELS["MMDiT"] = (MMDiT.arch, dict(depth=24))
 
 
 def list_models() -> list:
