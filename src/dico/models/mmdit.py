@@ -26,6 +26,7 @@ from .config import records_config
 from .dit import FinalLayer, Mlp, PatchEmbed, modulate, sincos_2d
 from .embedders import TimestepEmbedder
 from .fast_ops import linear
+from .guidance import combine_guidance, resolve_guidance_channels
 
 HEAD_DIM = 32  # REPA's rule: width 32 * depth split into `depth` heads
 
@@ -189,3 +190,10 @@ class MMDiT(nn.Module):
         for block in self.joint_blocks:
             context, x = block(context, x, c)
         return self.unpatchify(self.final_layer(x, c), h, w)
+
+    def forward_with_cfg(self, x, t, context, cfg_scale: float, guidance_channels="all"):
+        """Classifier-free guidance as DiT.forward_with_cfg, with context [prompts; null captions]; every channel is
+        guided (REPA's text-to-image sampler guides the whole velocity)."""
+        half = x[: len(x) // 2]
+        cond, uncond = self(torch.cat([half, half]), t, context).chunk(2)
+        return combine_guidance(cond, uncond, cfg_scale, resolve_guidance_channels(guidance_channels, self.in_channels))
