@@ -3,6 +3,7 @@
 REPA_PATH points at a sihyun-yu/REPA checkout (skipped otherwise)."""
 
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 
 import dico
 import dico.models
-from dico.benchmarking import count
+from dico.benchmarking import BenchConfig, count, model_cost
+from dico.benchmarking.throughput import _Case
 from dico.conditioning import is_text_model
 from dico.repa import RepaLoss, feature_module
 from dico.config import RepaConfig
@@ -140,6 +142,31 @@ def test_params_and_macs_are_counted_with_a_context():
     params, macs = count(small(depth=2), (1, 4, 32, 32))
     assert params == sum(p.numel() for p in small(depth=2).parameters())
     assert macs > 0
+
+
+def test_repas_t2i_setting_costs_505m_params_and_60_gmacs():
+    """Depth 24 at 256 px (32 x 32 latents, 256 patches) with CLIP's 77 tokens. The MACs are the matrix products
+    counted by hand: per block 12 d^2 per token of each stream (qkv, output, 4x MLP; the last text stream only its
+    qkv), the joint attention 2 (T + L)^2 d, the modulations and embedders; norms and scalings add the last 0.1%."""
+    cost = model_cost("MMDiT", 256)
+    d, tokens, text, depth = 768, 256, 77, 24
+    assert cost.params == sum(math.prod(s) for k, s in repa_names(24).items() if k != "pos_embed")
+    assert round(cost.params / 1e6, 1) == 505.1
+    blocks = depth * 12 * d * d * tokens + (depth - 1) * 12 * d * d * text + 3 * d * d * text
+    attention = depth * 2 * (tokens + text) ** 2 * d
+    modulation = (2 * depth - 1) * 6 * d * d + 2 * d * d + 2 * d * d
+    embedders = 2 * tokens * d * 16 + text * 768 * d + 256 * d + d * d
+    by_hand = blocks + attention + modulation + embedders
+    assert by_hand <= cost.macs < 1.01 * by_hand
+    assert round(cost.macs / 1e9, 2) == 60.52
+
+
+@pytest.mark.parametrize("task", ["forward", "train", "sample"])
+def test_bench_runs_a_text_model_on_context_tokens(task):
+    config = BenchConfig(models=["MMDiT"], image_size=256, sample_steps=2, cfg_scale=4.0)
+    case = _Case(small(), "MMDiT", "ours", task, 2, "fp32", torch.device("cpu"), config)
+    assert case.cond.model_kwargs()["context"].shape == (2, 77, 768)
+    assert case.timed(measure_memory=False) > 0
 
 
 def test_repa_aligns_the_image_stream_of_the_named_block():
