@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
-from ..images import save_grid, to_uint8, write_npz
+from ..images import PROMPTS_KEY, save_grid, to_uint8, write_npz
 from ..config import SamplingOptions
 from ..config.sampling import check_out_suffix
 from ..options import check_class_ids, check_new_output
@@ -82,7 +82,6 @@ def write_class_grid(model, facts, path, classes: int = 10, per_class: int = 8, 
 
 
 SETTINGS_KEY = "dico_settings"  # beside ADM's arr_0 / arr_1, which evaluators read by name
-PROMPTS_KEY = "prompts"  # text models: image i's prompt (the format agreed with dico evaluate's CLIP score)
 
 
 def weights_digest(model) -> str:
