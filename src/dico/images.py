@@ -76,6 +76,7 @@ def save_grid(images: np.ndarray, path, nrow: int, pad: int = 2, scale: int = 1,
 
 LABEL_WIDTH = 160  # pixels a label may take (wrapped beyond): about 30 characters of PIL's default font per line
 LABEL_LINES = 3  # lines a label may take; longer ones end in "..."
+LABEL_GAP = 8  # pixels between the labels of neighbouring images
 
 
 def wrap_label(text: str, font, width: int, max_lines: int = LABEL_LINES) -> list:
@@ -122,8 +123,8 @@ def labelled_grid(images: np.ndarray, nrow: int, pad: int, labels: list) -> np.n
     wrapped = [wrap_label(label, font, max(text_width, 1)) for label in labels]
     if per_row:
         left, cell_w, cell_h = text_width + 2 * pad, w, h
-    else:
-        left, cell_w = 0, max(w, text_width)
+    else:  # (a gap of LABEL_GAP between cells, so that neighbouring labels do not run together)
+        left, cell_w = 0, max(w, text_width + LABEL_GAP)
         cell_h = h + max(len(lines) for lines in wrapped) * line_height + pad
     canvas = Image.new("RGB", (left + nrow * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)

@@ -113,12 +113,13 @@ PRESETS = {
     "demo": dict(model="DiCo-Tiny", data=None, max_steps=3000, global_batch=64, lr=1e-3, ema_decay=0.995,
                  warmup_steps=100, log_every=50, ckpt_every=1000, num_workers=0, grid_steps=50,
                  grid_cfg_scale=2.0),
-    # The text-to-image demo: the digits with captions (dico.data.digits_text) and their tiny CLIP tower. The model,
-    # steps, batch, lr, EMA and warm-up are the class demo's (the same 8x8 digits, the same CPU minutes); the dynamic
-    # depthwise variant because it is the paper's own idea (Table 3), and the cheaper of the two per step. Flow
-    # matching: REPA's text-to-image objective (linear path, velocity), and on the digits it beat DDPM in the class
-    # demo (README, "Flow matching"). Guidance 2 for the grid as the class demo.
-    "t2i-demo": dict(model="DiCo-Tiny-DWC", data="digits-text", max_steps=3000, global_batch=64, lr=1e-3,
+    # The text-to-image demo: the digits with captions (dico.data.digits_text) and their tiny CLIP tower. Steps,
+    # batch, lr, EMA and warm-up are the class demo's (the same 8x8 digits). DiCo-Tiny-CrossAttn because it is the
+    # variant that follows the prompt soonest on the digits, and is also the faster of the two on a CPU
+    # (BENCHMARKS.md, "Text-to-image on the digits": after 500 steps DWC was still at chance). Flow matching: REPA's
+    # text-to-image objective (linear path, velocity), and on the digits it beat DDPM in the class demo (README,
+    # "Flow matching"). Guidance 2 for the grid as the class demo.
+    "t2i-demo": dict(model="DiCo-Tiny-CrossAttn", data="digits-text", max_steps=3000, global_batch=64, lr=1e-3,
                      ema_decay=0.995, warmup_steps=100, log_every=50, ckpt_every=1000, num_workers=0,
                      objective="flow", caption_dropout=0.1, grid_steps=50, grid_cfg_scale=2.0),
     # The paper's text-to-image setting (arXiv 2505.11196, Table 3), which follows REPA's train_t2i.py on MS-COCO
