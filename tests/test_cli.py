@@ -81,11 +81,12 @@ def flag_help(help: str) -> dict:
 def test_sample_help_shows_what_it_runs_by_default(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     entries = flag_help(help_text("sample", capsys))
-    for flag, default in [("--cfg-scale", "1.0"), ("--num-samples", "16"), ("--guidance-channels", "3"),
+    for flag, default in [("--cfg-scale", "1.0"), ("--num-samples", "None"), ("--guidance-channels", "3"),
                           ("--batch-size", "32"), ("--cache-guidance", "True")]:
         assert entries[flag].endswith(f"(default: {default})"), entries[flag]
     # method and steps follow the checkpoint's objective: the help says what that means for each.
     assert "None: ddpm for DDPM models" in entries["--method"] and "None: 250 for DDPM" in entries["--steps"]
+    assert "None: 16; with --captions, one per captioned image" in entries["--num-samples"]
     assert "--no-cache-guidance" in entries["--cache-guidance"] and entries["--ckpt"].endswith("(required)")
 
 

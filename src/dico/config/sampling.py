@@ -97,7 +97,8 @@ class SampleConfig(SamplingOptions):
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
     """Class ids, cycled (None: random classes)."""
     prompt: Annotated[tuple[str, ...], UseAppendAction] = ()
-    """Text models: a prompt (repeat the flag for more; image i gets prompt i mod their number)."""
+    """Text models: a prompt; repeat the flag for more, image i gets prompt i mod their number (default: none; tyro
+    does not print the default of a repeatable flag)."""
     prompts_file: str | None = None  # text models: a file of prompts, one per line, cycled as --prompt
     captions: str | None = None
     """Text models, the evaluation protocol: one sample per image of this captioned folder (COCO 2014 val,
