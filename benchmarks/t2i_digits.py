@@ -1,7 +1,7 @@
 """The text-to-image digits demo, measured: for each checkpoint, samples of every seen and every unseen phrasing
 (`--per-prompt` each), the independent digits classifier's accuracy on each set (does the image show the digit the
 prompt names?), Digits-FID of the seen-phrasing samples against the training digits, and the model's CPU forward
-img/s (dico bench, batch 64, one thread, CPU clock). Prints one Markdown table row per checkpoint.
+img/s (dico bench, 8x8 inputs, batch 64, one thread, CPU clock). Prints one Markdown table row per checkpoint.
 
     python benchmarks/t2i_digits.py RUN/checkpoints/0001000.pt ... [--per-prompt 2] [--steps 11] [--cfg-scale 2]
 
@@ -61,8 +61,9 @@ def main():
             from dico.benchmarking import benchmark
             from dico.config.benchmarking import BenchConfig
 
+            # image_size 64: dico bench's inputs are image_size / 8 on a side, here the digits' 8 x 8
             results = benchmark(BenchConfig(models=[ckpt], tasks=["forward"], batch_sizes=[64], repeats=3,
-                                            clock="cpu"))
+                                            clock="cpu", image_size=64))
             speed = results[0].images_per_second
         print(f"| {tag} | {row['seen']['accuracy']:.3f} ({row['seen']['count']}) | "
               f"{row['unseen']['accuracy']:.3f} ({row['unseen']['count']}) | {fid.fid:.1f} | "
