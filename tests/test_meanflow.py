@@ -262,15 +262,18 @@ def test_dico_sample_takes_one_or_two_steps(meanflow_run, tmp_path):
         again = generate(loaded.model, loaded.space, range(4), labels, SamplingOptions(steps=steps),
                          objective=loaded.objective)
         assert np.array_equal(outputs[steps], again)  # keyed seeds: the batch size changes nothing
-    assert not np.array_equal(outputs[1], outputs[2])
-    # one step is x = eps + u(eps, 0, 1) on the image's keyed noise
+    # one step is x = eps + u(eps, 0, 1) on the image's keyed noise; two jump to t = 1/2 first
     from dico.images import to_uint8
     from dico.sampling.guided import keyed_noise
 
     eps = keyed_noise(0, range(4), (1, 8, 8))
     with torch.no_grad():
         by_hand = eps + loaded.model(eps, torch.zeros(4), labels, r=torch.ones(4))[:, :1]
+        half = eps + 0.5 * loaded.model(eps, torch.zeros(4), labels, r=torch.full((4,), 0.5))[:, :1]
+        two = half + 0.5 * loaded.model(half, torch.full((4,), 0.5), labels, r=torch.ones(4))[:, :1]
     assert np.array_equal(to_uint8(by_hand), outputs[1])
+    assert np.array_equal(to_uint8(two), outputs[2])
+    assert not torch.equal(by_hand, two)
     with pytest.raises(ValueError, match="MeanFlow"):
         generate(loaded.model, loaded.space, range(1), labels[:1], SamplingOptions(method="euler", steps=2),
                  objective=loaded.objective)
@@ -290,8 +293,24 @@ def test_the_pipeline_and_the_demo_samplers_make_dico_samples(meanflow_run, tmp_
     for name, make in loaded.objective.pipeline_samplers().items():
         pipe.scheduler = make(pipe.scheduler.config)
         assert pipe([5], seed=1, num_inference_steps=1, output_type="np").images.shape == (1, 8, 8, 3)
+    from dico.demo.app import generate_images, sampler_pipelines
+
+    pipes = sampler_pipelines(pipe)
+    for name in pipes:  # the demo's samplers are the objective's: one MeanFlow jump per step
+        gallery, status = generate_images(pipes, ["3", "7"], 1, 1.0, 1, name, 0, False)
+        assert len(gallery) == 2 and "1 steps" in status
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     pipe.scheduler = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="MeanFlowScheduler"):
         pipe([5], seed=1)
+
+
+def test_dico_bench_times_the_jvp_training_step():
+    from dico.benchmarking import benchmark
+    from dico.config.benchmarking import BenchConfig
+
+    results = benchmark(BenchConfig(models=["DiCo-Tiny"], tasks=["train-flow", "train-meanflow"], image_size=32,
+                                    batch_sizes=[4], repeats=1, warmup=1, num_classes=10))
+    assert [r.task for r in results] == ["train-flow", "train-meanflow"]
+    assert all(r.median_seconds > 0 for r in results)
