@@ -292,7 +292,7 @@ def test_the_pipeline_and_the_demo_samplers_make_dico_samples(meanflow_run, tmp_
         assert np.abs(np.round(images * 255) - expected.astype(np.float64)).max() <= 1
     for name, make in loaded.objective.pipeline_samplers().items():
         pipe.scheduler = make(pipe.scheduler.config)
-        assert pipe([5], seed=1, num_inference_steps=1, output_type="np").images.shape == (1, 8, 8, 3)
+        assert pipe([5], seed=1, num_inference_steps=1, output_type="np").images.shape[:3] == (1, 8, 8)
     from dico.demo.app import generate_images, sampler_pipelines
 
     pipes = sampler_pipelines(pipe)
