@@ -23,6 +23,7 @@ import tyro
 
 from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, ExportDataConfig, ExtractLatentsConfig,
                      InfoConfig, SampleConfig, TrainCommand)
+from .config.ema import EmaCommand
 from .options import read_yaml, to_yaml, with_values
 from .cpu_allocator import tune_glibc_malloc
 from .extras import MissingExtra
@@ -53,6 +54,9 @@ COMMANDS = {
                                "encode an image folder with the SD VAE once, for latent training"),
     "export-data": Command(ExportDataConfig, "dico.commands.export_data",
                            "write a bundled data set as an ADM-format .npz (FID reference)"),
+    "ema": Command(EmaCommand, "dico.commands.ema",
+                   "post-hoc EMA: rebuild a power-function EMA from a run's snapshots (reconstruct), or evaluate a "
+                   "range (sweep)"),
 }
 
 CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values, e.g. from --print-config; flags "
