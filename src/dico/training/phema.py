@@ -124,6 +124,14 @@ class PowerEMA:
             ema.load_state_dict(ema_state)
 
 
+def relative_error(weights: dict, reference: dict) -> float:
+    """||a - b|| / ||b|| over all floating-point tensors of two state dicts taken as one vector."""
+    keys = [k for k, v in reference.items() if v.is_floating_point()]
+    diff = sum(float((weights[k].double() - reference[k].double()).square().sum()) for k in keys)
+    norm = sum(float(reference[k].double().square().sum()) for k in keys)
+    return (diff / norm) ** 0.5
+
+
 # Snapshots on disk ---------------------------------------------------------------------------------------------------
 
 def snapshot_dir(results_dir) -> Path:
