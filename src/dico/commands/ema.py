@@ -4,12 +4,11 @@ dico.training.posthoc.sweep."""
 import json
 
 from ..cache import atomic_write
-from ..config.ema import EmaCommand, ReconstructConfig
+from ..config.ema import ReconstructConfig, SweepConfig
 from ..options import check_new_output
 
 
-def run(command: EmaCommand) -> int:
-    options = command.action
+def run(options: ReconstructConfig | SweepConfig) -> int:
     if isinstance(options, ReconstructConfig):
         from ..training.phema import reconstruct, save_reconstruction
 

@@ -2,9 +2,10 @@
 rebuild from them (dico.training.phema)."""
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from tyro.conf import OmitSubcommandPrefixes, Positional, arg, subcommand
+from tyro import MISSING
+from tyro.conf import Positional, arg
 
 from ..options import check_int, comma_separated
 from ..threads import Threads, check_threads
@@ -21,7 +22,7 @@ class ReconstructConfig:
     before it (least squares over the profiles, EDM2's Algorithm 3), and write it as a checkpoint whose "ema" weights
     `dico sample`, `dico convert` and the pipeline read."""
 
-    run_dir: RunDir
+    run_dir: RunDir  # a run folder trained with --phema-stds (or its phema/ folder)
     sigma_rel: float  # the profile to rebuild: its width relative to the training time, in (0, 0.2887)
     out: str  # the checkpoint to write (.pt)
     step: int | None = None  # rebuild the EMA as of this step (None: the newest snapshot's)
@@ -30,7 +31,8 @@ class ReconstructConfig:
     overwrite: bool = False  # replace an existing --out
 
     def __post_init__(self):
-        check_phema_stds([self.sigma_rel], "sigma-rel")
+        if self.sigma_rel is not MISSING:  # (not while the flag parser builds its defaults, before the flags are read)
+            check_phema_stds([self.sigma_rel], "sigma-rel")
         check_int("step", self.step, 1, none_ok=True)
         if self.inputs is not None:
             self.inputs = check_phema_stds(self.inputs, "inputs")
@@ -44,7 +46,7 @@ class SweepConfig(SamplingOptions):
     sample` and `dico evaluate`), then print one table row per profile. Digits runs default to Digits-FID against the
     bundled digits; other runs need --ref. The sampling options are `dico sample`'s."""
 
-    run_dir: RunDir
+    run_dir: RunDir  # a run folder trained with --phema-stds (or its phema/ folder)
     sigma_rels: SigmaRels  # the profiles to rebuild and evaluate, e.g. 0.01,0.05,0.1,0.2
     step: int | None = None  # rebuild the EMAs as of this step (None: the newest snapshot's)
     inputs: Annotated[tuple[float, ...] | None, comma_separated(float, "S1,S2,...")] = None
@@ -62,19 +64,11 @@ class SweepConfig(SamplingOptions):
     def __post_init__(self):
         super().__post_init__()
         check_threads(self.threads)
-        self.sigma_rels = check_phema_stds(self.sigma_rels, "sigma-rels")
-        if not self.sigma_rels:
-            raise ValueError("--sigma-rels: name at least one profile, e.g. 0.05,0.1")
+        if self.sigma_rels is not MISSING:  # (not while the flag parser builds its defaults)
+            self.sigma_rels = check_phema_stds(self.sigma_rels, "sigma-rels")
+            if not self.sigma_rels:
+                raise ValueError("--sigma-rels: name at least one profile, e.g. 0.05,0.1")
         check_int("step", self.step, 1, none_ok=True)
         check_int("num_samples", self.num_samples, 1)
         if self.inputs is not None:
             self.inputs = check_phema_stds(self.inputs, "inputs")
-
-
-@dataclass
-class EmaCommand:
-    """Post-hoc EMA (EDM2): rebuild any power-function EMA of a run trained with --phema-stds from its snapshots
-    (`reconstruct`), or evaluate a range of them (`sweep`)."""
-
-    action: Annotated[Union[Annotated[ReconstructConfig, subcommand("reconstruct")],
-                            Annotated[SweepConfig, subcommand("sweep")]], OmitSubcommandPrefixes]
