@@ -23,7 +23,7 @@ class RunSettings:
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
     """Model overrides, e.g. '{"channel_attention": "se"}'."""
-    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits)
+    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits; digits-text: captioned)
     image_size: int | None = None
     """Image folders: training resolution in pixels (None: 256); latents and the digits carry their own size."""
     vae: str | None = None
