@@ -254,3 +254,17 @@ def test_repa_features_equal_repas_projected_tokens():
         projected, _ = repa.project(repa.take_feature())
     repa.detach()
     assert torch.allclose(projected, zs[0], atol=1e-5)
+
+
+def test_gradient_checkpointing_wraps_the_joint_blocks_and_keeps_the_gradients():
+    from dico.training.loop import enable_gradient_checkpointing
+
+    x, t, context = torch.randn(2, 4, 16, 16), torch.rand(2), torch.randn(2, 7, 768)
+    grads = []
+    for checkpointed in (False, True):
+        model = small().train()
+        if checkpointed:
+            enable_gradient_checkpointing(model)
+        model(x, t, context).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
