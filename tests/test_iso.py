@@ -130,3 +130,12 @@ def test_bench_times_dico_iso_and_sit(tmp_path):
     assert [(r.model, r.task) for r in results] == [("DiCo-Iso-S/2", "forward"), ("DiCo-Iso-S/2", "sample"),
                                                     ("SiT-S/2", "forward"), ("SiT-S/2", "sample")]
     assert all(r.seconds and min(r.seconds) > 0 for r in results)
+
+
+def test_bare_weights_are_recognised_as_dico_iso():
+    from dico.checkpoints import infer_spec
+
+    with torch.device("meta"):
+        model = dico.create_model("DiCo-Iso-B/2", num_classes=10)
+    spec = infer_spec(model.state_dict())
+    assert spec["name"] == "DiCo-Iso-B/2" and spec["config"] == model.spec["config"]

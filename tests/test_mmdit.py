@@ -268,3 +268,12 @@ def test_gradient_checkpointing_wraps_the_joint_blocks_and_keeps_the_gradients()
         model(x, t, context).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def test_bare_weights_are_recognised_as_mmdit_of_their_depth():
+    from dico.checkpoints import infer_spec
+
+    with torch.device("meta"):
+        model = dico.create_model("MMDiT", depth=6, input_size=64, register_length=2)
+    spec = infer_spec(model.state_dict())
+    assert spec["name"] == "MMDiT" and spec["config"] == model.spec["config"]
