@@ -11,6 +11,7 @@ from .dico import DiCo
 from .dico_iso import DiCoIso
 from .dit import DiT
 from .mmdit import MMDiT
+from .text_dico import TextDiCo
 from .config import ModelSpec, config_fields, resolve_config
 
 # Official DiCo sizes (hidden width C, stage depths [enc1, enc2, mid, dec2, dec1], FFN ratio).
@@ -29,10 +30,16 @@ DIT_SIZES = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
-ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT, MMDiT.arch: MMDiT, DiCoIso.arch: DiCoIso}
+# The paper's text-to-image variants (Table 3), one of each per DiCo size: suffix -> text_conditioning.
+TEXT_VARIANTS = {"DWC": "dwc", "CrossAttn": "cross_attn"}
+ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT, TextDiCo.arch: TextDiCo, MMDiT.arch: MMDiT, DiCoIso.arch: DiCoIso}
 
 # name -> (arch, the size's constructor arguments)
 MODELS = {name: (DiCo.arch, size) for name, size in DICO_SIZES.items()}
+MODELS.update(
+    {f"{name}-{suffix}": (TextDiCo.arch, dict(size, text_conditioning=kind))
+     for name, size in DICO_SIZES.items() for suffix, kind in TEXT_VARIANTS.items()}
+)
 MODELS.update(
     {f"{name}/{patch}": (DiT.arch, dict(size, patch_size=patch)) for name, size in DIT_SIZES.items() for patch in (2, 4, 8)}
 )
