@@ -178,8 +178,9 @@ def evaluate(
     precomputed = {}
     if features == "inception":
         precomputed = _precomputed_statistics(reference_source, InceptionFeatures.layers)
-        if not reference_source.has_images and set(precomputed) != set(InceptionFeatures.statistics_layers):
-            raise ValueError(f"{reference_source.path} holds neither images nor all of mu, sigma, mu_s, sigma_s")
+        # mu/sigma alone (as U-ViT's fid_stats_mscoco256_val.npz, REPA's COCO reference) give FID without sFID.
+        if not reference_source.has_images and "pool" not in precomputed:
+            raise ValueError(f"{reference_source.path} holds neither images nor mu and sigma (FID's statistics)")
     elif not reference_source.has_images:
         raise ValueError(f"{reference_source.path} holds only Inception statistics; --features {features} needs images")
     labels = _sample_labels(sample_source, DigitsFeatures.label_classes) if features == "digits" else None
@@ -203,6 +204,7 @@ def evaluate(
     distances = {
         layer: frechet_distance(sample_set.statistics[layer], reference_stats[layer])
         for layer in extractor.statistics_layers
+        if layer in reference_stats
     }
     result = EvaluationResult(
         features=features,
@@ -218,7 +220,9 @@ def evaluate(
         result.clip_model = str(clip_model)
     notes = []
     if features == "inception":
-        result.sfid = distances["spatial"]
+        result.sfid = distances.get("spatial")
+        if result.sfid is None:
+            notes.append("sFID unavailable: the reference holds mu/sigma but neither images nor mu_s/sigma_s")
         result.inception_score = inception_score(sample_set.features["logits"], IS_SPLIT_SIZE)
     pr_layer = "pool" if features == "inception" else "features"
     if reference_set is None:
@@ -235,7 +239,7 @@ def evaluate(
         else:
             result.class_accuracy = class_accuracy(sample_set.features["logits"], labels)
         notes.append("Digits-FID uses a digits classifier's features; it is not comparable with ImageNet FID")
-    if features == "inception" and sample_source.count < 50000:
+    if features == "inception" and sample_source.count < 50000 and prompts is None:  # COCO's protocols use fewer
         notes.append(f"{sample_source.count} samples: the paper's numbers use 50000 (FID is biased upward for fewer)")
     if not all(math.isfinite(v) for v in distances.values()):
         notes.append("a Fréchet distance is not finite: check the inputs for constant or degenerate images")
