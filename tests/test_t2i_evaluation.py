@@ -186,20 +186,35 @@ def photographs(folder, sizes, seed=5):
     return folder
 
 
-def test_a_reference_folder_of_any_sizes_is_read_centre_cropped_as_adm(tmp_path):
+def uvit_crop(image: Image.Image, size: int) -> np.ndarray:
+    """U-ViT's COCO crop as its datasets.py writes it: slice the central square of the array, LANCZOS to size."""
+    pixels = np.asarray(image)
+    side = min(pixels.shape[:2])
+    rows, cols = pixels.shape[0], pixels.shape[1]
+    square = pixels[(rows - side) // 2 : (rows + side) // 2, (cols - side) // 2 : (cols + side) // 2]
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.LANCZOS))
+
+
+def test_a_reference_folder_of_any_sizes_is_read_centre_cropped_as_uvit_or_adm(tmp_path):
     sizes = [(40, 30), (17, 50), (64, 64), (33, 16), (100, 45)]
     folder = photographs(tmp_path / "val2014", sizes)
     with pytest.raises(ValueError, match="must share one size"):
         list(iter_image_batches(open_image_source(folder), 2))
-    source = open_image_source(folder, crop_size=16)
-    assert (source.count, source.height, source.width, source.crop_size) == (5, 16, 16, 16)
-    pixels = np.concatenate(list(iter_image_batches(source, 2)))
-    expected = [np.asarray(center_crop_arr(Image.open(f).convert("RGB"), 16)) for f in sorted(folder.iterdir())]
-    np.testing.assert_array_equal(pixels, np.stack(expected))
-    # The features cache tells cropped reads from plain ones and from other crop sizes.
-    hashes = {content_hash(open_image_source(folder, crop_size=s)) for s in (16, 24)} | {content_hash(source)}
+    files = sorted(folder.iterdir())
+    hand = {"uvit": lambda f: uvit_crop(Image.open(f).convert("RGB"), 16),
+            "adm": lambda f: np.asarray(center_crop_arr(Image.open(f).convert("RGB"), 16))}
+    for crop in ("uvit", "adm"):
+        source = open_image_source(folder, crop_size=16, crop=crop)
+        assert (source.count, source.height, source.width, source.crop_size) == (5, 16, 16, 16)
+        pixels = np.concatenate(list(iter_image_batches(source, 2)))
+        np.testing.assert_array_equal(pixels, np.stack([hand[crop](f) for f in files]))
+    assert open_image_source(folder, crop_size=16).crop == "uvit"  # COCO's, the default
+    # The features cache tells cropped reads from plain ones, and crops of other sizes or ways apart.
+    hashes = {content_hash(open_image_source(folder, crop_size=s, crop=c)) for s in (16, 24) for c in ("uvit", "adm")}
     hashes.add(content_hash(open_image_source(folder)))
-    assert len(hashes) == 3
+    assert len(hashes) == 5
+    with pytest.raises(ValueError, match="unknown crop 'torchvision'"):
+        open_image_source(folder, crop_size=16, crop="torchvision")
     np.savez(tmp_path / "ref.npz", pixels)
     with pytest.raises(ValueError, match="applies to a folder of images"):
         open_image_source(tmp_path / "ref.npz", crop_size=16)
@@ -210,7 +225,7 @@ def test_a_reference_folder_of_any_sizes_is_read_centre_cropped_as_adm(tmp_path)
 def test_evaluate_against_a_cropped_photograph_folder_equals_its_cropped_npz(tmp_path, capsys):
     sizes = [(40, 30), (17, 50), (64, 64), (33, 16), (100, 45), (20, 21), (50, 80), (31, 31)]
     folder = photographs(tmp_path / "val2014", sizes, seed=6)
-    cropped = np.concatenate(list(iter_image_batches(open_image_source(folder, crop_size=16), 8)))
+    cropped = np.stack([uvit_crop(Image.open(f).convert("RGB"), 16) for f in sorted(folder.iterdir())])
     np.savez(tmp_path / "cropped.npz", cropped)
     samples = tmp_path / "samples.npz"
     np.savez(samples, colour_images(7, 8, size=16))

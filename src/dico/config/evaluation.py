@@ -33,8 +33,11 @@ class EvaluateConfig:
     quiet: bool = False  # no progress bars
     threads: Threads = "auto"  # CPU threads: N, or auto (the cores other processes leave free; torch's default on GPU)
     reference_size: int | None = None
-    """Read a REFERENCE folder's images resized and centre-cropped to this many pixels (ADM's center_crop_arr), as
-    REPA's COCO evaluation prepares val2014 at 256 (None: the folder's images must share one size)."""
+    """Read a REFERENCE folder's images resized and centre-cropped to this many pixels, as COCO's val2014 is prepared
+    at 256 for text-to-image FID (None: the folder's images must share one size)."""
+    reference_crop: Literal["uvit", "adm"] = "uvit"
+    """How --reference-size crops: uvit (central square, LANCZOS: U-ViT's COCO preparation, behind the COCO
+    statistics REPA and DiCo report FID against) or adm (ADM's ImageNet center_crop_arr)."""
     clip_model: str | None = None
     """Also compute the CLIP score (torchmetrics) of SAMPLES against their prompts (an .npz's 'prompts', a folder's
     metadata.jsonl), with this CLIP model: a local folder (transformers' save_pretrained, e.g. a download of

@@ -144,6 +144,7 @@ def evaluate(
     progress: bool = True,
     threads=None,
     reference_size: int | None = None,
+    reference_crop: str = "uvit",
     clip_model=None,
 ) -> EvaluationResult:
     """Compare `samples` with `reference` (ADM .npz files or image folders).
@@ -156,9 +157,11 @@ def evaluate(
     use_cache: read/write features next to each input, keyed by content hash and network identity.
     threads: torch's CPU threads while extracting features (dico.threads.ThreadPolicy: None leaves them alone, N or
         "auto").
-    reference_size: read a reference folder's images resized and centre-cropped to this many pixels (ADM's
-        center_crop_arr), so that photographs of any size (COCO's val2014) give reference statistics at 256 px as
-        REPA's text-to-image evaluation uses; None: a folder's images must share one size.
+    reference_size: read a reference folder's images resized and centre-cropped to this many pixels, so that
+        photographs of any size (COCO's val2014) give reference statistics at 256 px as REPA's text-to-image
+        evaluation uses; None: a folder's images must share one size.
+    reference_crop: how: "uvit" (central square, LANCZOS: U-ViT's COCO preparation, behind the COCO statistics REPA
+        and DiCo report FID against) or "adm" (ADM's ImageNet center_crop_arr).
     clip_model: also give torchmetrics' CLIP score of the samples against their prompts (an .npz's `prompts`, a
         folder's metadata.jsonl), with this CLIP model: a local folder (save_pretrained) or a Hub name already in
         the local cache.
@@ -171,7 +174,8 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     # Inputs are checked before the network is built: a wrong file fails in a second, not after an hour of features.
     sample_source = open_image_source(samples)
-    reference_source = open_image_source(reference, require_images=False, crop_size=reference_size)
+    reference_source = open_image_source(reference, require_images=False, crop_size=reference_size,
+                                         crop=reference_crop)
     for source in (sample_source, reference_source):
         if source.count == 1:
             raise ValueError(f"{source.path} holds a single image; a covariance needs at least 2")

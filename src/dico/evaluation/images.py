@@ -7,7 +7,8 @@ batch straight out of the zip member, so 50k samples at 256x256 never sit in mem
 Text-to-image samples carry their prompts (CLIP score needs them): an .npz stores them as `prompts`, one string per
 image (dico.images.PROMPTS_KEY); a folder holds a `metadata.jsonl` with one row per image, `{"file_name": ...,
 "text": ...}` (Hugging Face's image-folder convention, as the training data's). A reference folder of photographs of
-any size (COCO's val2014) is read centre-cropped to one size (`crop_size`) as ADM and REPA prepare them.
+any size (COCO's val2014) is read centre-cropped to one size (`crop_size`), the way U-ViT prepares COCO (whose
+statistics REPA and DiCo report FID against) or the way ADM prepares ImageNet (`crop`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _HASH_CHUNK = 16 << 20
 
 
+def square_center_crop(image, size: int):
+    """U-ViT's COCO preparation (the data of REPA's text-to-image runs and of fid_stats_mscoco256_val.npz): the
+    central min(H, W) square, then a LANCZOS resize to size x size."""
+    from PIL import Image
+
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+
+
+# How a folder of photographs is brought to one size: U-ViT's COCO crop, or ADM's ImageNet crop (BOX halving, BICUBIC
+# resize of the short side, central square; dico's training folders use it too).
+CROPS = {"uvit": square_center_crop, "adm": center_crop_arr}
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """A validated set of images on disk (an .npz file or a folder), read lazily."""
@@ -40,7 +57,8 @@ class ImageSource:
     width: int = 0
     channels: int = 0
     files: tuple[Path, ...] = ()  # the images of a folder, sorted by name
-    crop_size: int | None = None  # a folder read centre-cropped to crop_size x crop_size (ADM's center_crop_arr)
+    crop_size: int | None = None  # a folder read centre-cropped to crop_size x crop_size ...
+    crop: str = "uvit"  # ... in this way (a key of CROPS)
 
     @property
     def has_images(self) -> bool:
@@ -52,17 +70,21 @@ class ImageSource:
         return f"{self.path} ({self.count} images, {self.height}x{self.width}x{self.channels})"
 
 
-def open_image_source(path, *, require_images: bool = True, crop_size: int | None = None) -> ImageSource:
+def open_image_source(path, *, require_images: bool = True, crop_size: int | None = None,
+                      crop: str = "uvit") -> ImageSource:
     """Validate `path` (an ADM .npz or an image folder) and describe what it holds; reads no pixels.
 
     With `require_images=False` an .npz holding only precomputed statistics (no `arr_0`) is accepted. `crop_size`:
-    read a folder's images resized and centre-cropped to that many pixels (ADM's center_crop_arr), so that they may
-    have any sizes (COCO's val2014 for reference statistics at 256 px); an .npz is refused with it, its images being
-    used as stored.
+    read a folder's images resized and centre-cropped to that many pixels, so that they may have any sizes (COCO's
+    val2014 for reference statistics at 256 px); an .npz is refused with it, its images being used as stored.
+    `crop`: "uvit" (central square, LANCZOS: U-ViT's COCO preparation, which REPA's COCO statistics come from) or
+    "adm" (ADM's center_crop_arr).
     """
     path = Path(path).expanduser()
     if crop_size is not None and (isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1):
         raise ValueError(f"the crop size must be a positive number of pixels, got {crop_size!r}")
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist (expected an ADM-format .npz file or a folder of png/jpg images)"
@@ -70,7 +92,7 @@ def open_image_source(path, *, require_images: bool = True, crop_size: int | Non
     if path.is_dir():
         source = _open_folder(path)
         if crop_size is not None:
-            source = dataclasses.replace(source, height=crop_size, width=crop_size, crop_size=crop_size)
+            source = dataclasses.replace(source, height=crop_size, width=crop_size, crop_size=crop_size, crop=crop)
         return source
     if crop_size is not None:
         raise ValueError(f"{path} is an .npz, whose images are used as stored; centre-cropping to {crop_size} px "
@@ -179,7 +201,7 @@ def _iter_folder_batches(source: ImageSource, batch_size: int) -> Iterator[np.nd
         for file in source.files[start : start + batch_size]:
             image = read_rgb(file)
             if source.crop_size is not None:
-                image = center_crop_arr(image, source.crop_size)
+                image = CROPS[source.crop](image, source.crop_size)
             pixels = np.asarray(image)
             if pixels.shape[:2] != (source.height, source.width):
                 raise ValueError(
@@ -224,7 +246,7 @@ def content_hash(source: ImageSource) -> str:
                 digest.update(chunk)
         return digest.hexdigest()
     if source.crop_size is not None:  # the same files, cropped, are other pixels
-        digest.update(f"center_crop_arr {source.crop_size}\0".encode())
+        digest.update(f"crop {source.crop} {source.crop_size}\0".encode())
     for file in source.files:
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as handle:
