@@ -11,6 +11,8 @@ from .cache import atomic_write
 
 # What counts as an image file when reading folders (torchvision's list; PIL reads them all).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Where a text-to-image .npz keeps each image's prompt (strings, beside arr_0); `dico evaluate` reads it for CLIP score.
+PROMPTS_KEY = "prompts"
 
 
 # PIL modes that `Image.convert("RGB")` maps correctly: 8-bit grey, bilevel, palette (with or without
