@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import dico
+import dico.checkpoints
 from dico.benchmarking import BenchConfig, benchmark, count, model_cost
 from dico.conditioning import is_text_model
 from dico.models import DICO_SIZES, FeatureCache, TextDiCo, build_model, create_model, list_models
@@ -200,6 +201,36 @@ def test_compiled_forward_matches_eager_without_graph_breaks(variant):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert torch.allclose(compiled(x, t, context), model(x, t, context), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_training_step_matches_eager(variant):
+    model = toy(variant).train()
+    x, t, context = inputs()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+
+    def step(fn):
+        model.zero_grad()
+        loss = fn(x, t, context).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss, grads), (ref_loss, ref_grads) = step(compiled), step(model)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, ref_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_checkpoints_and_converted_files_rebuild_the_text_model(tmp_path):
+    model = toy("CrossAttn").eval()
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "spec": model.spec}, tmp_path / "ckpt.pt")
+    dico.checkpoints.convert(tmp_path / "ckpt.pt", tmp_path / "model.safetensors")
+    x, t, context = inputs()
+    for source in ("ckpt.pt", "model.safetensors"):
+        loaded = dico.load_model(tmp_path / source)
+        assert isinstance(loaded, TextDiCo) and loaded.spec == model.spec
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, context), model(x, t, context))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
