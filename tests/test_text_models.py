@@ -231,6 +231,13 @@ def test_checkpoints_and_converted_files_rebuild_the_text_model(tmp_path):
         assert isinstance(loaded, TextDiCo) and loaded.spec == model.spec
         with torch.no_grad():
             assert torch.equal(loaded(x, t, context), model(x, t, context))
+    # A bare state dict does not say its context length or kernel options: it must be named, and then loads.
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(dico.checkpoints.CheckpointError, match="name it"):
+        dico.load_model(tmp_path / "bare.pt")
+    named = dico.load_model(tmp_path / "bare.pt", "DiCo-Tiny-CrossAttn", **{**TOY, "in_channels": 4})
+    with torch.no_grad():
+        assert torch.equal(named(x, t, context), model(x, t, context))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

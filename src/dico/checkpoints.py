@@ -259,6 +259,8 @@ def infer_spec(state_dict: dict) -> dict | None:
         return None
     stem = sd["x_embedder.proj.weight"]
     width, in_channels = stem.shape[0], stem.shape[1]
+    if "t_embedder_1.mlp.0.weight" in sd and "y_embedder.embedding_table_0.weight" not in sd:
+        return None  # a text-conditioned DiCo: its context length and kernel options are not in the weights
     if "t_embedder_1.mlp.0.weight" in sd:  # DiCo
         stages = ["encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1"]
         depth = [len({k.split(".")[1] for k in sd if k.startswith(stage + ".")}) for stage in stages]
