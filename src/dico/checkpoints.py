@@ -261,6 +261,8 @@ def infer_spec(state_dict: dict) -> dict | None:
     width, in_channels = stem.shape[0], stem.shape[1]
     if "joint_blocks.0.x_block.attn.qkv.weight" in sd:  # MMDiT (REPA's text-to-image model): sized by its depth
         return mmdit_spec(sd, in_channels)
+    if "t_embedder_1.mlp.0.weight" in sd and "y_embedder.embedding_table_0.weight" not in sd:
+        return None  # a text-conditioned DiCo: its context length and kernel options are not in the weights
     if "t_embedder_1.mlp.0.weight" in sd:  # DiCo
         stages = ["encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1"]
         depth = [len({k.split(".")[1] for k in sd if k.startswith(stage + ".")}) for stage in stages]
