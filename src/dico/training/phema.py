@@ -245,6 +245,7 @@ class Reconstruction:
     step: int
     inputs: list  # [(step, sigma_rel, coefficient)] of the snapshots combined
     metadata: dict  # the snapshots' dico metadata (spec, space, objective, class names)
+    text: dict  # text runs: text_encoder and null_context (dico.training.phema.text_records)
 
     def record(self) -> dict:
         return {"sigma_rel": self.sigma_rel, "step": self.step,
@@ -278,7 +279,19 @@ def reconstruct(run_dir, sigma_rel: float, step: int | None = None, inputs=None)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return Reconstruction(state, sigma_rel, step, [(s.step, s.sigma_rel, float(c)) for s, c in zip(chosen,
                                                                                                      coefficients)],
-                          metadata)
+                          metadata, text_records(run_dir) if snapshot_dir(run_dir).is_dir() else {})
+
+
+def text_records(run_dir) -> dict:
+    """Text runs: the text encoder's record and the null context (the empty caption's tokens), which sampling needs
+    beside the weights; snapshots hold weights only, so they come from the run's newest training checkpoint (read
+    memory-mapped: only these entries are touched). {} for other runs."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("[0-9]*.pt"))
+    if not found:
+        return {}
+    ckpt = torch.load(found[-1], map_location="cpu", weights_only=True, mmap=True)
+    return {k: (ckpt[k].clone() if isinstance(ckpt[k], torch.Tensor) else ckpt[k])
+            for k in ("text_encoder", "null_context") if ckpt.get(k) is not None}
 
 
 def reconstruction_checkpoint(rec: Reconstruction) -> dict:
@@ -289,7 +302,8 @@ def reconstruction_checkpoint(rec: Reconstruction) -> dict:
         return json.loads(rec.metadata[key]) if key in rec.metadata else None
 
     return {"format": RECONSTRUCTION_FORMAT, "ema": rec.state, "spec": meta("dico_spec"), "space": meta("dico_space"),
-            "objective": meta("dico_objective"), "class_names": meta("dico_class_names"), "phema": rec.record()}
+            "objective": meta("dico_objective"), "class_names": meta("dico_class_names"), "phema": rec.record(),
+            **rec.text}
 
 
 def save_reconstruction(rec: Reconstruction, out) -> Path:
