@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_pretrained
 from ..config.benchmarking import BenchConfig
-from ..models import build_model, create_model, list_models
+from ..models import build_model, create_model, list_models, model_spec
+from ..models.inputs import example_condition
 from ..objectives import objective_from_dict
 from ..options import check_guidance_scale, check_steps
 from ..training.optim import adamw
@@ -164,7 +165,8 @@ class _Case:
         self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         # our models know their classes; the official twin of a registered model has the configured number
         self.num_classes = getattr(model, "num_classes", config.num_classes)
-        self.y = torch.randint(0, max(self.num_classes, 1), (batch,), generator=g).to(device)
+        # class labels, or a text model's context tokens
+        self.cond = example_condition(model, batch, g, device, self.num_classes)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
         if task in OBJECTIVE_TASKS:
@@ -181,14 +183,14 @@ class _Case:
         with precision(self.dtype, self.device):
             if self.task == "forward":
                 with torch.no_grad():
-                    self.model(self.x, self.t, self.y)
+                    self.model(self.x, self.t, **self.cond.model_kwargs())
             elif self.task == "train" or self.task in OBJECTIVE_TASKS:
                 if self.task == "train":
-                    loss = F.mse_loss(self.model(self.x, self.t, self.y).float(), self.target)
+                    loss = F.mse_loss(self.model(self.x, self.t, **self.cond.model_kwargs()).float(), self.target)
                 else:  # every call draws new times and noise, keyed by (seed, call, position)
                     keys = [(self.config.seed, self.calls, p) for p in range(self.batch)]
                     self.calls += 1
-                    loss = self.losses(self.model, self.x, {"y": self.y}, keys).float().mean()
+                    loss = self.losses(self.model, self.x, self.cond.model_kwargs(), keys).float().mean()
                 loss.backward()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -198,13 +200,12 @@ class _Case:
     @torch.no_grad()
     def sample(self):
         # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
-        null = torch.full_like(self.y, self.num_classes)
-        y = torch.cat([self.y, null])
+        cond = self.cond.cat(self.cond.null()).model_kwargs()
         x = torch.randn_like(self.x)
         steps = self.config.sample_steps
         for i in reversed(range(steps)):
             t = torch.full((2 * len(x),), (i + 0.5) * 1000 / steps, device=x.device)
-            out = self.model.forward_with_cfg(torch.cat([x, x]), t, y, self.config.cfg_scale)
+            out = self.model.forward_with_cfg(torch.cat([x, x]), t, *cond.values(), self.config.cfg_scale)
             x = x - out[: len(x), : x.shape[1]].float() / steps
 
     def timed(self, measure_memory: bool) -> float:
@@ -241,7 +242,9 @@ def build_cases(config: BenchConfig):
     for name in config.models:
         torch.manual_seed(config.seed)
         if name in list_models():
-            base = create_model(name, input_size=latent, num_classes=config.num_classes)
+            # num_classes for the models that have the option (a text model has no label table)
+            classes = {"num_classes": config.num_classes} if "num_classes" in model_spec(name)["config"] else {}
+            base = create_model(name, input_size=latent, **classes)
             # Random (not zero-initialised) adaLN and output weights, so every path does real work.
             with torch.no_grad():
                 for p in base.parameters():

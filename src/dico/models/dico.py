@@ -53,11 +53,22 @@ class DiCoBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
-        h = activation(self.activation, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift1, scale1))))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)
+        return self.ffn_module(self.conv_module(x, shift1, scale1, gate1), shift2, scale2, gate2)
+
+    # The two halves of the block are methods so that a variant can insert a step between them (the text models of
+    # text_dico.py condition on the prompt after the conv module).
+    def modulation(self, c: torch.Tensor):
+        """shift1, scale1, gate1 (conv module), shift2, scale2, gate2 (FFN) from the conditioning vector."""
+        return linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
+
+    def conv_module(self, x, shift, scale, gate) -> torch.Tensor:
+        h = activation(self.activation, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift, scale))))
         if self.ca is not None:
             h = scale_channels(h, channel_attention_weights(self.ca, h))
-        x = gated_residual(x, gate1, conv(self.conv3, h))
+        return gated_residual(x, gate, conv(self.conv3, h))
+
+    def ffn_module(self, x, shift2, scale2, gate2) -> torch.Tensor:
         h = modulated_norm(x, shift2, scale2)
         chunks = ffn_chunks(h, self.conv4.out_channels)
         if chunks == 1:
@@ -130,6 +141,7 @@ class DiCo(nn.Module):
     """
 
     arch = "dico"
+    label_table = True  # class-label embeddings (y_embedder); variants conditioned otherwise have none
 
     @records_config
     def __init__(self, hidden_size: int = 128, depth=(5, 4, 4, 4, 4), mlp_ratio: float = 2.0, in_channels: int = 4,
@@ -156,7 +168,8 @@ class DiCo(nn.Module):
 
         def stage(width, n):
             return nn.ModuleList(
-                DiCoBlock(width, mlp_ratio, kernel_size, activation, channel_attention, se_reduction) for _ in range(n)
+                self.make_block(width, mlp_ratio, kernel_size, activation, channel_attention, se_reduction)
+                for _ in range(n)
             )
 
         self.x_embedder = OverlapPatchEmbed(in_channels, C)
@@ -164,7 +177,7 @@ class DiCo(nn.Module):
         self.t_embedder_1 = TimestepEmbedder(C)
         self.t_embedder_2 = TimestepEmbedder(2 * C)
         self.t_embedder_3 = TimestepEmbedder(4 * C)
-        self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob) if self.label_table else None
         # MeanFlow's second time (second_time): the interval r - t through embedders of its own, one per width,
         # summed with t's. Absent when off, so the official parameter names and checkpoints stay as they are.
         self.second_time = second_time
@@ -209,7 +222,7 @@ class DiCo(nn.Module):
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        for table in self.y_embedder.tables:
+        for table in self.y_embedder.tables if self.y_embedder is not None else ():
             nn.init.normal_(table.weight, std=0.02)
         for emb in self.time_embedders():
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
@@ -226,6 +239,10 @@ class DiCo(nn.Module):
     def time_embedders(self):
         second = (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3) if self.second_time else ()
         return [self.t_embedder_1, self.t_embedder_2, self.t_embedder_3, *second]
+
+    def make_block(self, width: int, *block_options) -> nn.Module:
+        """One block of a stage of `width` channels (a variant's blocks come from its override)."""
+        return DiCoBlock(width, *block_options)
 
     def blocks(self):
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent, *self.decoder_level_2, *self.decoder_level_1]
@@ -257,34 +274,39 @@ class DiCo(nn.Module):
         second_time only): the other end of the interval whose average velocity the model predicts (None: r = t,
         the instantaneous velocity)."""
         self.check_inputs(x, t, y, r)
-        c1, c2, c3 = self.conditioning(t, y, r)
+        return self.u_shape(x, self.conditioning(t, y, r), cache)
+
+    def u_shape(self, x: torch.Tensor, conditions, cache: "FeatureCache | None" = None, **block_inputs):
+        """The U-shaped network on the input x given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
+        go to every block as keywords (the text models' prompt tokens)."""
+        c1, c2, c3 = conditions
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))
         for block in self.encoder_level_1:
-            skip1 = block(skip1, c1)
+            skip1 = block(skip1, c1, **block_inputs)
         if cache is not None and cache.hit(1):
             up1 = cache.features
         else:
             skip2 = self.down1_2(skip1)
             for block in self.encoder_level_2:
-                skip2 = block(skip2, c2)
+                skip2 = block(skip2, c2, **block_inputs)
             if cache is not None and cache.hit(2):
                 up2 = cache.features
             else:
                 h = self.down2_3(skip2)
                 for block in self.latent:
-                    h = block(h, c3)
+                    h = block(h, c3, **block_inputs)
                 up2 = self.up3_2(h)
                 if cache is not None:
                     cache.store(2, up2)
             h = conv(self.reduce_chan_level2, torch.cat([up2, skip2], dim=1))
             for block in self.decoder_level_2:
-                h = block(h, c2)
+                h = block(h, c2, **block_inputs)
             up1 = self.up2_1(h)
             if cache is not None:
                 cache.store(1, up1)
         h = conv(self.reduce_chan_level1, torch.cat([up1, skip1], dim=1))
         for block in self.decoder_level_1:
-            h = block(h, c2)
+            h = block(h, c2, **block_inputs)
         return self.final_layer(h, c2).contiguous()  # callers expect a plain NCHW tensor
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3, cache: "FeatureCache | None" = None):
