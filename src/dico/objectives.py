@@ -77,8 +77,8 @@ class MeanFlowSettings:
 @dataclass
 class ObjectiveKind:
     objective: Literal["ddpm", "flow", "meanflow"] = "ddpm"
-    """The official iDDPM ("ddpm"), flow matching as SiT ("flow") or MeanFlow's average velocity ("meanflow": one-
-    or few-step sampling), each with the options below."""
+    """The official iDDPM ("ddpm"), flow matching as SiT ("flow") or MeanFlow's average velocity ("meanflow":
+    sampling in one or a few steps), each with the options below."""
 
 
 # Bases in this order so that the flags, config files and checkpoint records list them as they always have (a
