@@ -133,6 +133,30 @@ def test_mmdit_converts_and_samples_the_same_way(tmp_path, tower):
     assert torch.equal(samples(loaded, **call), dico_samples(loaded.transformer, cond, steps=4, cfg_scale=2.0, seed=3))
 
 
+def test_an_empty_caption_stored_in_float16_is_the_pipeline_s_null_too(tmp_path, tower):
+    """Training records its null, the empty caption's tokens; extracted latents folders store tokens in float16. The
+    converted pipeline rounds its empty caption the same way, so it guides towards the null the model was trained
+    and `dico sample` samples with."""
+    half = save_tiny_text_checkpoint(tmp_path / "half.pt", tower, null=lambda encoder: encoder.null().half())
+    full = save_tiny_text_checkpoint(tmp_path / "full.pt", tower, null=lambda encoder: encoder.null())
+    assert load_pipeline(full).config.text_null_dtype is None
+    assert cli(["convert", str(half), str(tmp_path / "half"), "--format", "diffusers"]) == 0
+    pipe = quiet(DiCoPipeline.from_pretrained(tmp_path / "half"))
+    assert pipe.config.text_null_dtype == "float16"
+    encoder = load_text_encoder(tower)
+    recorded = torch.load(half, weights_only=False)["null_context"].float()
+    assert not torch.equal(recorded, encoder.null())  # the rounding is real
+    call = dict(prompt=PROMPTS[:2], guidance_scale=3.0, num_inference_steps=4, seed=6)
+    expected = dico_samples(pipe.transformer, TextTokens(encoder.encode(PROMPTS[:2]), recorded), steps=4,
+                            cfg_scale=3.0, seed=6)
+    assert torch.equal(samples(pipe, **call), expected)
+    assert torch.equal(samples(pipe, **call, negative_prompt=""), expected)
+    # A recorded null that is no empty caption of this encoder: not the encoder the model was trained with.
+    other = save_tiny_text_checkpoint(tmp_path / "other.pt", tower, null=lambda encoder: encoder.encode(["x"])[0])
+    with pytest.raises(ValueError, match="not the encoder the model was trained with"):
+        load_pipeline(other)
+
+
 def test_wrong_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
     pipe = load_pipeline(checkpoint)
     for kwargs, message in [
