@@ -254,3 +254,26 @@ def test_repa_features_equal_repas_projected_tokens():
         projected, _ = repa.project(repa.take_feature())
     repa.detach()
     assert torch.allclose(projected, zs[0], atol=1e-5)
+
+
+def test_gradient_checkpointing_wraps_the_joint_blocks_and_keeps_the_gradients():
+    from dico.training.loop import enable_gradient_checkpointing
+
+    x, t, context = torch.randn(2, 4, 16, 16), torch.rand(2), torch.randn(2, 7, 768)
+    grads = []
+    for checkpointed in (False, True):
+        model = small().train()
+        if checkpointed:
+            enable_gradient_checkpointing(model)
+        model(x, t, context).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def test_bare_weights_are_recognised_as_mmdit_of_their_depth():
+    from dico.checkpoints import infer_spec
+
+    with torch.device("meta"):
+        model = dico.create_model("MMDiT", depth=6, input_size=64, register_length=2)
+    spec = infer_spec(model.state_dict())
+    assert spec["name"] == "MMDiT" and spec["config"] == model.spec["config"]

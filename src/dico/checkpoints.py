@@ -259,6 +259,10 @@ def infer_spec(state_dict: dict) -> dict | None:
         return None
     stem = sd["x_embedder.proj.weight"]
     width, in_channels = stem.shape[0], stem.shape[1]
+    if "joint_blocks.0.x_block.attn.qkv.weight" in sd:  # MMDiT (REPA's text-to-image model): sized by its depth
+        return mmdit_spec(sd, in_channels)
+    if "t_embedder_1.mlp.0.weight" in sd and "y_embedder.embedding_table_0.weight" not in sd:
+        return None  # a text-conditioned DiCo: its context length and kernel options are not in the weights
     if "t_embedder_1.mlp.0.weight" in sd:  # DiCo
         stages = ["encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1"]
         depth = [len({k.split(".")[1] for k in sd if k.startswith(stage + ".")}) for stage in stages]
@@ -269,6 +273,15 @@ def infer_spec(state_dict: dict) -> dict | None:
         config = dict(hidden_size=width, depth=depth, mlp_ratio=mlp_ratio, in_channels=in_channels,
                       learn_sigma=out_channels == 2 * in_channels)
         arch, names = "dico", [n for n in MODELS if MODELS[n][0] == "dico"]
+    elif "blocks.0.conv1.weight" in sd:  # DiCo-Iso: DiCo blocks in an isotropic stack
+        patch = stem.shape[-1]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        out_channels = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
+        config = dict(hidden_size=width, depth=depth, patch_size=patch, in_channels=in_channels,
+                      mlp_ratio=sd["blocks.0.conv4.weight"].shape[0] / width,
+                      learn_sigma=out_channels == 2 * in_channels)
+        rows = sd["y_embedder.embedding_table.weight"].shape[0]
+        arch, names = "dico-iso", [n for n in MODELS if MODELS[n][0] == "dico-iso"]
     else:  # DiT
         patch = stem.shape[-1]
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -286,6 +299,18 @@ def infer_spec(state_dict: dict) -> dict | None:
             overrides = {k: v for k, v in config.items() if k not in defaults}
             return model_spec(name, **overrides)
     return {"name": None, "arch": arch, "config": config}
+
+
+def mmdit_spec(sd: dict, in_channels: int) -> dict:
+    patch = sd["x_embedder.proj.weight"].shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("joint_blocks.")})
+    out_channels = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
+    grid = int(round(sd["pos_embed"].shape[1] ** 0.5)) if "pos_embed" in sd else 16
+    return model_spec("MMDiT", depth=depth, patch_size=patch, in_channels=in_channels, input_size=grid * patch,
+                      learn_sigma=out_channels == 2 * in_channels,
+                      context_dim=sd["context_embedder.weight"].shape[1],
+                      qkv_bias="joint_blocks.0.x_block.attn.qkv.bias" in sd,
+                      register_length=sd["register"].shape[1] if "register" in sd else 0)
 
 
 def describe_spec(spec) -> str:

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from tyro.conf import UseAppendAction
+
 from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_int, check_new_output,
                        check_number, check_seed, check_steps, comma_separated)
 from ..threads import Threads, check_threads
@@ -94,7 +96,14 @@ class SampleConfig(SamplingOptions):
     vae: str | None = None  # ema | mse | a local VAE directory (latent models)
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
     """Class ids, cycled (None: random classes)."""
-    num_samples: int = 16  # images to write
+    prompt: Annotated[tuple[str, ...], UseAppendAction] = ()
+    """Text models: a prompt (repeat the flag for more; image i gets prompt i mod their number)."""
+    prompts_file: str | None = None  # text models: a file of prompts, one per line, cycled as --prompt
+    captions: str | None = None
+    """Text models, the evaluation protocol: one sample per image of this captioned folder (COCO 2014 val,
+    metadata.jsonl) or extracted latents folder, with one of its captions (dico.data.evaluation_captions)."""
+    text_encoder: str | None = None  # text models: a text encoder name or folder (None: the checkpoint's)
+    num_samples: int | None = None  # images to write (None: 16; with --captions, one per captioned image)
     out: str  # samples.png (a grid) or samples.npz (ADM format)
     nrow: int | None = None  # images per grid row (None: a square grid)
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
@@ -104,7 +113,8 @@ class SampleConfig(SamplingOptions):
     def __post_init__(self):
         super().__post_init__()
         check_threads(self.threads)
-        check_int("num_samples", self.num_samples, 1)
+        check_int("num_samples", self.num_samples, 1, none_ok=True)
+        self.prompt = tuple(self.prompt)
         check_int("nrow", self.nrow, 1, none_ok=True)
         check_int("num_classes", self.num_classes, 1, none_ok=True)
         check_int("image_size", self.image_size, 8)

@@ -257,7 +257,7 @@ class DiCo(nn.Module):
         return self.u_shape(x, self.conditioning(t, y), cache)
 
     def u_shape(self, x: torch.Tensor, conditions, cache: "FeatureCache | None" = None, **block_inputs):
-        """The network on the stem's input given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
+        """The U-shaped network on the input x given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
         go to every block as keywords (the text models' prompt tokens)."""
         c1, c2, c3 = conditions
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))

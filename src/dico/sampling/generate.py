@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
-from ..images import save_grid, to_uint8, write_npz
+from ..images import PROMPTS_KEY, save_grid, to_uint8, write_npz
 from ..config import SamplingOptions
 from ..config.sampling import check_out_suffix
 from ..options import check_class_ids, check_new_output
@@ -105,7 +105,8 @@ def finished_settings(path) -> dict | None:
 
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
-                  run_info: dict | None = None, objective=None, overwrite: bool = False, threads=None) -> Path | None:
+                  run_info: dict | None = None, objective=None, overwrite: bool = False, threads=None,
+                  prompts=None) -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -114,6 +115,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     An existing `out` sampled with the same settings is reported complete; any other is refused unless `overwrite`,
     and then replaced at the end in one rename.
     `threads`: torch's CPU threads while sampling (dico.threads.ThreadPolicy: None leaves them alone, N or "auto").
+    `prompts` (text models): a dico.sampling.prompts.PromptConditions giving image i its prompt; the file then holds
+    a unicode `prompts` array aligned with arr_0 instead of class labels (arr_1).
     """
     out = Path(out)
     check_out_suffix(out, (".npz",))
@@ -128,6 +131,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
                                       "space": asdict(space),
                                       "objective": objective_from_dict(objective).to_dict(),
                                       "weights": weights_digest(model),
+                                      **({} if prompts is None else prompts.record(num_samples)),
                                       **(run_info or {})}))
     if out.exists() and not overwrite:
         finished = finished_settings(out)
@@ -161,8 +165,9 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
         for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
             cpu_threads()
             indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
-            labels = image_labels(indices, model.num_classes, options.seed, classes)
-            images = generate(model, space, indices, labels, options, device, vae=vae, objective=objective)
+            cond = prompts(indices) if prompts is not None else image_labels(indices, model.num_classes,
+                                                                              options.seed, classes)
+            images = generate(model, space, indices, cond, options, device, vae=vae, objective=objective)
             tmp = parts / f".{k:06d}.tmp.npz"
             np.savez(tmp, images=images)
             tmp.replace(parts / f"{k:06d}.npz")
@@ -171,8 +176,10 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
         return None
     files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
     labels = image_labels(range(num_samples), model.num_classes, options.seed, classes).numpy()  # keyed: derivable
+    extra = {SETTINGS_KEY: np.array(json.dumps(settings))}
+    if prompts is not None:  # image i's prompt, as unicode (np.str_), for CLIP score and per-prompt evaluation
+        labels, extra[PROMPTS_KEY] = None, np.array(prompts.prompts_of(range(num_samples)), dtype=np.str_)
     image_shape = np.load(files[0])["images"].shape[1:]
-    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels,
-              extra={SETTINGS_KEY: np.array(json.dumps(settings))})
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels, extra=extra)
     shutil.rmtree(parts)
     return out

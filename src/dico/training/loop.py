@@ -32,7 +32,9 @@ from ..options import check_writable_dir
 from ..randomness import PURPOSES, keyed_generator, keyed_uniform
 from ..repa import RepaLoss, repa_dataset
 from ..sampling import write_class_grid
+from ..sampling.prompts import grid_prompts, write_prompt_grid
 from ..threads import ThreadPolicy
+from .conditions import condition_dropout, condition_overrides
 from .optim import adamw
 from .state import ResumePoint, TrainingState, read_training_checkpoint
 
@@ -257,7 +259,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     repa_config = config.repa()
     if repa_config.enabled:  # items become (x, y, encoder tokens of the same image)
         dataset, repa_dim = repa_dataset(dataset, config.repa_encoder)
-    spec = model_spec(config.model, **{"in_channels": facts.in_channels, "num_classes": facts.num_classes,
+    spec = model_spec(config.model, **{"in_channels": facts.in_channels, **condition_overrides(config.model, facts),
                                        "input_size": facts.resolution, **config.model_overrides})
     micro = config.micro_batch or config.global_batch // env.world
     if micro < 1 or config.global_batch % (env.world * micro):
@@ -281,14 +283,17 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     state = TrainingState(model=model, ema=ema, opt=opt, spec=spec, space=asdict(facts.space), config=asdict(config),
                           objective=objective.to_dict(), class_names=facts.class_names,
                           data={"dataset_size": len(dataset), "fingerprint": facts.fingerprint}, world=env.world,
-                          **({} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector}))
+                          **({} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector}),
+                          **({} if not facts.is_text else {"text_encoder": facts.text_encoder,
+                                                           "null_context": facts.null_context.cpu()}))
     if point is not None:
         state.load(point.checkpoint, point.path)
         if env.main:
             print(f"resumed from {point.path} at step {state.step}")
 
-    label_dropout = spec["config"].get("class_dropout_prob", 0.0) if facts.num_classes > 0 else 0.0
-    model.y_embedder.drop_in_forward = False  # dropout is drawn below, keyed per sample
+    label_dropout = condition_dropout(spec, facts, config.caption_dropout)  # labels or captions, keyed alike
+    if getattr(model, "y_embedder", None) is not None:  # (text models have no label table)
+        model.y_embedder.drop_in_forward = False  # dropout is drawn below, keyed per sample
     if config.grad_checkpointing:
         enable_gradient_checkpointing(model)
     model.train()
@@ -429,7 +434,13 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         log.close()
     if last_path is None:  # nothing left to train: the run was already complete
         last_path = newest_checkpoint(results)
-    if write_grid and config.grid_classes > 0 and env.main and last_path is not None:
+    if write_grid and config.grid_classes > 0 and env.main and last_path is not None and facts.is_text:
+        grid = write_prompt_grid(ema, facts, results / "samples.png", grid_prompts(config.data, config.grid_classes),
+                                 per_prompt=config.grid_per_class, steps=config.grid_steps,
+                                 cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device,
+                                 objective=objective)
+        print(f"sample grid (one row per prompt): {grid}")
+    elif write_grid and config.grid_classes > 0 and env.main and last_path is not None:
         grid = write_class_grid(ema, facts, results / "samples.png", classes=config.grid_classes,
                                 per_class=config.grid_per_class, steps=config.grid_steps,
                                 cfg_scale=config.grid_cfg_scale, seed=config.seed, device=env.device,
