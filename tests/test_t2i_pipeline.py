@@ -188,3 +188,29 @@ def test_wrong_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not record its text encoder" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_converted_folder_makes_the_images_of_dico_sample_prompt_and_evaluate_reads_their_prompts(
+        folder, checkpoint, tmp_path, tmp_path_factory, capsys):
+    """The chain a user runs: `dico sample --prompt` writes an .npz whose prompts `dico evaluate --clip-model` reads,
+    and the converted pipeline gives the same pictures for the same prompts and seed."""
+    from clip_helpers import save_tiny_clip
+
+    npz = tmp_path / "samples.npz"
+    assert cli(["sample", "--ckpt", str(checkpoint), "--prompt", "three", "--prompt", "a handwritten 7",
+                "--num-samples", "4", "--steps", "6", "--cfg-scale", "2", "--seed", "9", "--out", str(npz)]) == 0
+    with np.load(npz) as f:
+        sampled, prompts = f["arr_0"], list(f["prompts"])
+    assert prompts == ["three", "a handwritten 7", "three", "a handwritten 7"]
+    pipe = quiet(DiCoPipeline.from_pretrained(folder))
+    got = np.stack([np.asarray(image) for image in pipe(prompt=prompts, guidance_scale=2.0, num_inference_steps=6,
+                                                        seed=9).images])
+    np.testing.assert_array_equal(got, sampled)
+    assert len({image.tobytes() for image in sampled}) == 4
+    clip = save_tiny_clip(tmp_path_factory.mktemp("clip"), seed=4)
+    reference = tmp_path / "reference.npz"
+    np.savez(reference, np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    capsys.readouterr()
+    assert cli(["evaluate", str(reference), str(npz), "--features", "digits", "--device", "cpu", "--quiet",
+                "--clip-model", str(clip)]) == 0
+    assert "CLIP score" in capsys.readouterr().out
