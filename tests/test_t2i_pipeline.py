@@ -214,3 +214,25 @@ def test_converted_folder_makes_the_images_of_dico_sample_prompt_and_evaluate_re
     assert cli(["evaluate", str(reference), str(npz), "--features", "digits", "--device", "cpu", "--quiet",
                 "--clip-model", str(clip)]) == 0
     assert "CLIP score" in capsys.readouterr().out
+
+
+def test_a_text_checkpoint_converted_to_safetensors_keeps_its_text_encoder_and_null(tmp_path, tower):
+    """`dico convert CKPT model.safetensors` carries what prompts need: the encoder record (metadata) and training's
+    null (a tensor beside the weights, not among them), so the file samples and converts as the checkpoint does."""
+    from dico.checkpoints import load_checkpoint, read_checkpoint
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "half.pt", tower, null=lambda encoder: encoder.null().half())
+    assert cli(["convert", str(checkpoint), str(tmp_path / "model.safetensors")]) == 0
+    stored, original = read_checkpoint(tmp_path / "model.safetensors"), torch.load(checkpoint, weights_only=False)
+    assert stored["text_encoder"] == original["text_encoder"]
+    assert torch.equal(stored["null_context"], original["null_context"])
+    assert set(load_checkpoint(tmp_path / "model.safetensors")) == set(original["ema"])
+    call = dict(prompt=PROMPTS[:2], guidance_scale=2.0, num_inference_steps=4, seed=8)
+    from_file, from_checkpoint = quiet(load_pipeline(tmp_path / "model.safetensors")), quiet(load_pipeline(checkpoint))
+    assert from_file.config.text_null_dtype == "float16"
+    assert torch.equal(samples(from_file, **call), samples(from_checkpoint, **call))
+    npz = tmp_path / "from-file.npz"
+    assert cli(["sample", "--ckpt", str(tmp_path / "model.safetensors"), "--prompt", "three", "--num-samples", "2",
+                "--steps", "3", "--out", str(npz)]) == 0
+    with np.load(npz) as f:
+        assert list(f["prompts"]) == ["three", "three"]

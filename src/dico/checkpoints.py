@@ -79,11 +79,18 @@ def read_safetensors(path: Path) -> dict:
             raise CheckpointError(f"{path} is damaged: tensor(s) {', '.join(damaged[:5])} fail their CRC-32 check; "
                                   "the file was corrupted on disk or in transfer, download or copy it again")
     try:
-        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective")
+        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective", "text_encoder")
                  if f"dico_{key}" in metadata}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: unreadable dico metadata ({err})") from err
+    if NULL_CONTEXT_TENSOR in state:  # a text model's recorded null travels beside its weights, not among them
+        facts["null_context"] = state.pop(NULL_CONTEXT_TENSOR)
     return {"weights": state, "spec": None, **facts}
+
+
+# The name a converted text model's null context (the empty caption's tokens training recorded) has in its
+# .safetensors file; read_safetensors takes it out of the weights.
+NULL_CONTEXT_TENSOR = "dico.null_context"
 
 
 def tensor_crc32(t: torch.Tensor) -> int:
@@ -522,5 +529,9 @@ def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
     if space is not None:
         metadata["dico_space"] = json.dumps(asdict(space))
     state = {k: v.contiguous() for k, v in state.items()}
+    if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
+        metadata["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
+    if torch.is_tensor(ckpt.get("null_context")):
+        state[NULL_CONTEXT_TENSOR] = ckpt["null_context"].detach().cpu().contiguous()
     metadata["dico_crc32"] = json.dumps({k: tensor_crc32(v) for k, v in state.items()})
     return atomic_write(out, lambda partial: save_file(state, str(partial), metadata=metadata))
