@@ -512,22 +512,30 @@ def remove_stale_temp_files(directory) -> list:
 def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
     """Write the chosen weights of any readable checkpoint as .safetensors, with the model spec as metadata. An
     existing `out` is refused unless `overwrite`, and then replaced in one rename."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {out}")
     check_new_output(out, overwrite)
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
-    spec = stored_spec(ckpt) or infer_spec(state)
-    # What `dico sample` needs besides the weights travels along: the model, its output space, its objective.
-    metadata = {"format": "pt", "dico_objective": json.dumps(stored_objective(ckpt).to_dict())}
+    space = stored_space(ckpt)
+    return save_safetensors(state, out, spec=stored_spec(ckpt) or infer_spec(state),
+                            space=None if space is None else asdict(space),
+                            objective=stored_objective(ckpt).to_dict())
+
+
+def save_safetensors(state: dict, out, spec: dict | None, space: dict | None, objective: dict,
+                     extra: dict | None = None) -> Path:
+    """Write `state` as .safetensors with what `dico sample` needs besides the weights as metadata (the model spec,
+    its output space, its objective; `extra`: more string entries) and a CRC-32 per tensor; in one rename."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "pt", "dico_objective": json.dumps(objective)}
     if spec:
         metadata["dico_spec"] = json.dumps(spec)
-    space = stored_space(ckpt)
     if space is not None:
-        metadata["dico_space"] = json.dumps(asdict(space))
+        metadata["dico_space"] = json.dumps(space)
+    metadata.update(extra or {})
     state = {k: v.contiguous() for k, v in state.items()}
     if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
         metadata["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
