@@ -519,9 +519,14 @@ def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
     space = stored_space(ckpt)
-    return save_safetensors(state, out, spec=stored_spec(ckpt) or infer_spec(state),
-                            space=None if space is None else asdict(space),
-                            objective=stored_objective(ckpt).to_dict())
+    spec = stored_spec(ckpt) or infer_spec(state)
+    extra = {}
+    if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
+        extra["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
+    if torch.is_tensor(ckpt.get("null_context")):
+        state = {**state, NULL_CONTEXT_TENSOR: ckpt["null_context"].detach().cpu()}
+    return save_safetensors(state, out, spec=spec, space=None if space is None else asdict(space),
+                            objective=stored_objective(ckpt).to_dict(), extra=extra)
 
 
 def save_safetensors(state: dict, out, spec: dict | None, space: dict | None, objective: dict,
@@ -537,9 +542,5 @@ def save_safetensors(state: dict, out, spec: dict | None, space: dict | None, ob
         metadata["dico_space"] = json.dumps(space)
     metadata.update(extra or {})
     state = {k: v.contiguous() for k, v in state.items()}
-    if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
-        metadata["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
-    if torch.is_tensor(ckpt.get("null_context")):
-        state[NULL_CONTEXT_TENSOR] = ckpt["null_context"].detach().cpu().contiguous()
     metadata["dico_crc32"] = json.dumps({k: tensor_crc32(v) for k, v in state.items()})
     return atomic_write(out, lambda partial: save_file(state, str(partial), metadata=metadata))
