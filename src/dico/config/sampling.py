@@ -31,7 +31,8 @@ class SamplingOptions:
     method: str | None = None
     """DDPM: ddpm | ddim | dpm++2m | dpm++3m; flow ODE: a torchdiffeq method; flow SDE: Euler | Heun (None: ddpm for
     DDPM models, dopri5 / Euler for flow models)."""
-    steps: int | None = None  # model calls (DDPM) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow)
+    steps: int | None = None
+    """Model calls (DDPM, MeanFlow) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow, 1 for MeanFlow)."""
     cfg_scale: float = 1.0  # classifier-free guidance scale (1: no guidance)
     guidance_channels: int | Literal["all"] = 3  # guide the first N output channels (official: 3) or 'all'
     guidance_interval: Annotated[tuple[float, float], comma_separated(float, "LO,HI", count=2)] = (0.0, 1.0)

@@ -320,7 +320,8 @@ class DiCoPipeline(DiffusionPipeline):
                 model_input = self.scheduler.scale_model_input(x, t).to(model.dtype)
             else:
                 model_input = x.to(model.dtype)
-            output = denoiser(model_input, objective.pipeline_timesteps(self.scheduler, t, len(x), device))
+            output = denoiser(model_input, objective.pipeline_timesteps(self.scheduler, t, len(x), device),
+                              **objective.pipeline_model_inputs(self.scheduler, t, len(x), device))
             model_output = objective.scheduler_input(self.scheduler, output, channels)
             x = self.scheduler.step(model_output, t, x, **noise_for_step(step)).prev_sample
             if callback_on_step_end is not None:

@@ -261,8 +261,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     repa_config = config.repa()
     if repa_config.enabled:  # items become (x, y, encoder tokens of the same image)
         dataset, repa_dim = repa_dataset(dataset, config.repa_encoder)
+    objective = objective_from_options(config)  # (what it needs of the network comes before the run's overrides)
     spec = model_spec(config.model, **{"in_channels": facts.in_channels, **condition_overrides(config.model, facts),
-                                       "input_size": facts.resolution, **config.model_overrides})
+                                       "input_size": facts.resolution, **objective.model_config(),
+                                       **config.model_overrides})
     micro = config.micro_batch or config.global_batch // env.world
     if micro < 1 or config.global_batch % (env.world * micro):
         raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
@@ -281,7 +283,6 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     opt = adamw(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     # The run's objective (recorded in checkpoints) and its per-sample losses, every draw keyed by (seed, step,
     # position) so that neither depends on how the global batch is split.
-    objective = objective_from_options(config)
     losses_of = objective.loss_function(spec["config"]["learn_sigma"])
     state = TrainingState(model=model, ema=ema, opt=opt, spec=spec, space=asdict(facts.space), config=asdict(config),
                           objective=objective.to_dict(), class_names=facts.class_names,
