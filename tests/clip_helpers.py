@@ -35,10 +35,12 @@ def save_tiny_clip(folder, seed: int = 0, image_size: int = 32, width: int = 32,
 TINY_TEXT = {"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}  # a text DiCo that samples 8x8 in milliseconds
 
 
-def save_tiny_text_checkpoint(path, tower_folder, model: str = "DiCo-S-DWC", std: float = 0.05, **overrides) -> Path:
+def save_tiny_text_checkpoint(path, tower_folder, model: str = "DiCo-S-DWC", std: float = 0.05, null=None,
+                              **overrides) -> Path:
     """A tiny pixel-space (8x8 grey) text-conditioned model saved as one of our checkpoints, its text encoder a
     CLIP text tower (dico.text.build_tiny_clip) in `tower_folder`, recorded as training records it. Every weight is
-    drawn from N(0, std^2) (seeded), so that prompts change the output."""
+    drawn from N(0, std^2) (seeded), so that prompts change the output. `null`: a function of the encoder giving
+    the `null_context` to record (training records the empty caption's tokens), None to record none."""
     from dico.checkpoints import atomic_save
     from dico.models import build_model, model_spec
     from dico.text import build_tiny_clip, load_text_encoder
@@ -54,7 +56,8 @@ def save_tiny_text_checkpoint(path, tower_folder, model: str = "DiCo-S-DWC", std
     with torch.no_grad():
         for p in network.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * std)
+    extra = {} if null is None else {"null_context": null(encoder)}
     atomic_save({"ema": network.state_dict(), "model": network.state_dict(), "spec": spec, "step": 1,
                  "space": {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215},
-                 "text_encoder": encoder.to_dict()}, path)
+                 "text_encoder": encoder.to_dict(), **extra}, path)
     return Path(path)

@@ -255,6 +255,16 @@ def test_reference_with_mu_and_sigma_only_gives_fid_without_sfid(image_sets, inc
                  device="cpu", progress=False)  # fmt: skip
 
 
+def test_text_to_image_samples_are_told_coco_s_sample_counts(image_sets, inception_weights, ours, tmp_path):
+    assert any("use 50000" in note for note in ours.notes)
+    prompted = tmp_path / "prompted.npz"
+    np.savez(prompted, image_sets["sample_images"], prompts=np.array([f"prompt {i}" for i in range(NUM_IMAGES)]))
+    result = evaluate(image_sets["ref"], prompted, inception_weights=inception_weights, device="cpu", progress=False)
+    assert result.fid == pytest.approx(ours.fid, rel=1e-9)
+    assert any("one sample per val2014 image (40504) or for 30000" in note for note in result.notes)
+    assert not any("50000" in note for note in result.notes)
+
+
 def test_sfid_spatial_features_are_cached_as_statistics_only(image_sets, ours):
     (cache,) = image_sets["samples"].parent.glob("samples.npz.*.inception-*.features.npz")
     with np.load(cache) as data:

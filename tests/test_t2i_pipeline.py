@@ -133,6 +133,30 @@ def test_mmdit_converts_and_samples_the_same_way(tmp_path, tower):
     assert torch.equal(samples(loaded, **call), dico_samples(loaded.transformer, cond, steps=4, cfg_scale=2.0, seed=3))
 
 
+def test_an_empty_caption_stored_in_float16_is_the_pipeline_s_null_too(tmp_path, tower):
+    """Training records its null, the empty caption's tokens; extracted latents folders store tokens in float16. The
+    converted pipeline rounds its empty caption the same way, so it guides towards the null the model was trained
+    and `dico sample` samples with."""
+    half = save_tiny_text_checkpoint(tmp_path / "half.pt", tower, null=lambda encoder: encoder.null().half())
+    full = save_tiny_text_checkpoint(tmp_path / "full.pt", tower, null=lambda encoder: encoder.null())
+    assert load_pipeline(full).config.text_null_dtype is None
+    assert cli(["convert", str(half), str(tmp_path / "half"), "--format", "diffusers"]) == 0
+    pipe = quiet(DiCoPipeline.from_pretrained(tmp_path / "half"))
+    assert pipe.config.text_null_dtype == "float16"
+    encoder = load_text_encoder(tower)
+    recorded = torch.load(half, weights_only=False)["null_context"].float()
+    assert not torch.equal(recorded, encoder.null())  # the rounding is real
+    call = dict(prompt=PROMPTS[:2], guidance_scale=3.0, num_inference_steps=4, seed=6)
+    expected = dico_samples(pipe.transformer, TextTokens(encoder.encode(PROMPTS[:2]), recorded), steps=4,
+                            cfg_scale=3.0, seed=6)
+    assert torch.equal(samples(pipe, **call), expected)
+    assert torch.equal(samples(pipe, **call, negative_prompt=""), expected)
+    # A recorded null that is no empty caption of this encoder: not the encoder the model was trained with.
+    other = save_tiny_text_checkpoint(tmp_path / "other.pt", tower, null=lambda encoder: encoder.encode(["x"])[0])
+    with pytest.raises(ValueError, match="not the encoder the model was trained with"):
+        load_pipeline(other)
+
+
 def test_wrong_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
     pipe = load_pipeline(checkpoint)
     for kwargs, message in [
@@ -164,3 +188,51 @@ def test_wrong_inputs_are_one_line_errors(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not record its text encoder" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_converted_folder_makes_the_images_of_dico_sample_prompt_and_evaluate_reads_their_prompts(
+        folder, checkpoint, tmp_path, tmp_path_factory, capsys):
+    """The chain a user runs: `dico sample --prompt` writes an .npz whose prompts `dico evaluate --clip-model` reads,
+    and the converted pipeline gives the same pictures for the same prompts and seed."""
+    from clip_helpers import save_tiny_clip
+
+    npz = tmp_path / "samples.npz"
+    assert cli(["sample", "--ckpt", str(checkpoint), "--prompt", "three", "--prompt", "a handwritten 7",
+                "--num-samples", "4", "--steps", "6", "--cfg-scale", "2", "--seed", "9", "--out", str(npz)]) == 0
+    with np.load(npz) as f:
+        sampled, prompts = f["arr_0"], list(f["prompts"])
+    assert prompts == ["three", "a handwritten 7", "three", "a handwritten 7"]
+    pipe = quiet(DiCoPipeline.from_pretrained(folder))
+    got = np.stack([np.asarray(image) for image in pipe(prompt=prompts, guidance_scale=2.0, num_inference_steps=6,
+                                                        seed=9).images])
+    np.testing.assert_array_equal(got, sampled)
+    assert len({image.tobytes() for image in sampled}) == 4
+    clip = save_tiny_clip(tmp_path_factory.mktemp("clip"), seed=4)
+    reference = tmp_path / "reference.npz"
+    np.savez(reference, np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    capsys.readouterr()
+    assert cli(["evaluate", str(reference), str(npz), "--features", "digits", "--device", "cpu", "--quiet",
+                "--clip-model", str(clip)]) == 0
+    assert "CLIP score" in capsys.readouterr().out
+
+
+def test_a_text_checkpoint_converted_to_safetensors_keeps_its_text_encoder_and_null(tmp_path, tower):
+    """`dico convert CKPT model.safetensors` carries what prompts need: the encoder record (metadata) and training's
+    null (a tensor beside the weights, not among them), so the file samples and converts as the checkpoint does."""
+    from dico.checkpoints import load_checkpoint, read_checkpoint
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "half.pt", tower, null=lambda encoder: encoder.null().half())
+    assert cli(["convert", str(checkpoint), str(tmp_path / "model.safetensors")]) == 0
+    stored, original = read_checkpoint(tmp_path / "model.safetensors"), torch.load(checkpoint, weights_only=False)
+    assert stored["text_encoder"] == original["text_encoder"]
+    assert torch.equal(stored["null_context"], original["null_context"])
+    assert set(load_checkpoint(tmp_path / "model.safetensors")) == set(original["ema"])
+    call = dict(prompt=PROMPTS[:2], guidance_scale=2.0, num_inference_steps=4, seed=8)
+    from_file, from_checkpoint = quiet(load_pipeline(tmp_path / "model.safetensors")), quiet(load_pipeline(checkpoint))
+    assert from_file.config.text_null_dtype == "float16"
+    assert torch.equal(samples(from_file, **call), samples(from_checkpoint, **call))
+    npz = tmp_path / "from-file.npz"
+    assert cli(["sample", "--ckpt", str(tmp_path / "model.safetensors"), "--prompt", "three", "--num-samples", "2",
+                "--steps", "3", "--out", str(npz)]) == 0
+    with np.load(npz) as f:
+        assert list(f["prompts"]) == ["three", "three"]

@@ -79,11 +79,18 @@ def read_safetensors(path: Path) -> dict:
             raise CheckpointError(f"{path} is damaged: tensor(s) {', '.join(damaged[:5])} fail their CRC-32 check; "
                                   "the file was corrupted on disk or in transfer, download or copy it again")
     try:
-        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective")
+        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective", "text_encoder")
                  if f"dico_{key}" in metadata}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: unreadable dico metadata ({err})") from err
+    if NULL_CONTEXT_TENSOR in state:  # a text model's recorded null travels beside its weights, not among them
+        facts["null_context"] = state.pop(NULL_CONTEXT_TENSOR)
     return {"weights": state, "spec": None, **facts}
+
+
+# The name a converted text model's null context (the empty caption's tokens training recorded) has in its
+# .safetensors file; read_safetensors takes it out of the weights.
+NULL_CONTEXT_TENSOR = "dico.null_context"
 
 
 def tensor_crc32(t: torch.Tensor) -> int:
@@ -512,9 +519,14 @@ def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
     space = stored_space(ckpt)
-    return save_safetensors(state, out, spec=stored_spec(ckpt) or infer_spec(state),
-                            space=None if space is None else asdict(space),
-                            objective=stored_objective(ckpt).to_dict())
+    spec = stored_spec(ckpt) or infer_spec(state)
+    extra = {}
+    if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
+        extra["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
+    if torch.is_tensor(ckpt.get("null_context")):
+        state = {**state, NULL_CONTEXT_TENSOR: ckpt["null_context"].detach().cpu()}
+    return save_safetensors(state, out, spec=spec, space=None if space is None else asdict(space),
+                            objective=stored_objective(ckpt).to_dict(), extra=extra)
 
 
 def save_safetensors(state: dict, out, spec: dict | None, space: dict | None, objective: dict,

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 @dataclass
 class DemoConfig:
-    """Serve a web page that samples a model: classes by name, number of images, guidance, steps, sampler, seed.
+    """Serve a web page that samples a model: classes by name (a text model: a box of prompts), number of images,
+    guidance, steps, sampler, seed.
     Needs the web demo's extra: pip install 'dico-diffusion[demo]'."""
 
     ckpt: str  # a checkpoint (ours, official, a Hub file) or a pipeline folder from dico convert

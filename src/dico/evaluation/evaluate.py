@@ -16,7 +16,8 @@ import torch
 from .clip import ClipScorer, clip_score
 from .digits import DigitsFeatures
 from .features import FeatureSet, cached_features
-from .images import ImageSource, open_image_source, read_labels, read_prompts, read_reference_statistics
+from .images import (ImageSource, carries_prompts, open_image_source, read_labels, read_prompts,
+                     read_reference_statistics)
 from .inception import InceptionFeatures
 from .metrics import (
     IS_SPLIT_SIZE,
@@ -243,7 +244,11 @@ def evaluate(
         else:
             result.class_accuracy = class_accuracy(sample_set.features["logits"], labels)
         notes.append("Digits-FID uses a digits classifier's features; it is not comparable with ImageNet FID")
-    if features == "inception" and sample_source.count < 50000 and prompts is None:  # COCO's protocols use fewer
+    if features == "inception" and carries_prompts(sample_source):
+        if sample_source.count < 30000:
+            notes.append(f"{sample_source.count} samples: COCO FIDs are reported for one sample per val2014 image "
+                         "(40504) or for 30000 (FID is biased upward for fewer)")
+    elif features == "inception" and sample_source.count < 50000:
         notes.append(f"{sample_source.count} samples: the paper's numbers use 50000 (FID is biased upward for fewer)")
     if not all(math.isfinite(v) for v in distances.values()):
         notes.append("a Fréchet distance is not finite: check the inputs for constant or degenerate images")

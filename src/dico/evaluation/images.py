@@ -258,6 +258,14 @@ def content_hash(source: ImageSource) -> str:
 METADATA_FILE = "metadata.jsonl"  # a folder's prompts: Hugging Face's image-folder convention
 
 
+def carries_prompts(source: ImageSource) -> bool:
+    """Whether the images come with prompts (text-to-image samples), without reading or checking them."""
+    if source.kind == "folder":
+        return (source.path / METADATA_FILE).is_file()
+    with zipfile.ZipFile(source.path) as archive:
+        return f"{PROMPTS_KEY}.npy" in archive.namelist()
+
+
 def read_prompts(source: ImageSource) -> list[str] | None:
     """The prompt of each image, in image order: an .npz's `prompts` array or a folder's `metadata.jsonl`; None when
     the source carries none. A set of prompts that does not give exactly one string to every image is a ValueError

@@ -5,6 +5,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import torch
+
 from ..cache import atomic_write
 from ..checkpoints import load_pretrained
 from ..conditioning import is_text_model
@@ -33,11 +35,13 @@ def default_labels(num_classes: int, class_names=None) -> dict:
 
 
 def pipeline_from_network(network, space, vae=None, class_names=None, objective=None,
-                          text_encoder=None) -> DiCoPipeline:
+                          text_encoder=None, null_context=None) -> DiCoPipeline:
     """A DiCoPipeline around a dico network and its output space (`dico.sampling.OutputSpace`), sampling with the
     default scheduler of its objective (dico.objectives; a record, or None for the official DDPM); `vae` is the
     loaded decoder of a latent space (loaded from `space.vae` when None). A text-conditioned network needs its
-    `text_encoder` (a dico.text.TextEncoder: its tower and tokenizer become the pipeline's components)."""
+    `text_encoder` (a dico.text.TextEncoder: its tower and tokenizer become the pipeline's components);
+    `null_context`, the empty caption's tokens training recorded, says how that null was stored (see
+    null_precision)."""
     objective = objective_from_dict(objective)
     if space.vae is not None and vae is None:
         vae = load_vae(space.vae)
@@ -48,10 +52,26 @@ def pipeline_from_network(network, space, vae=None, class_names=None, objective=
                              "it was trained with (a dico.text.TextEncoder)")
         text = dict(text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
                     text_length=text_encoder.length, text_attention_mask=text_encoder.attention_mask,
-                    text_encoder_name=public_name(text_encoder.name))
+                    text_encoder_name=public_name(text_encoder.name),
+                    text_null_dtype=null_precision(text_encoder, null_context))
     return DiCoPipeline(transformer=as_component(network).eval(), scheduler=objective.scheduler(), vae=vae,
                         id2label=default_labels(network.num_classes, class_names), sample_size=space.resolution,
                         latent_scale=space.latent_scale, objective=objective.to_dict(), **text)
+
+
+def null_precision(text_encoder, null_context) -> str | None:
+    """"float16" when training's recorded null (the empty caption's tokens) is this encoder's empty caption stored in
+    float16 (extracted latents folders store tokens so), None when it is the float32 embedding (or not recorded). A
+    recorded null that is not this encoder's empty caption at all is an error: the encoder is not the one trained
+    with."""
+    if null_context is None:
+        return None
+    recorded, fresh = torch.as_tensor(null_context).float().cpu(), text_encoder.null().float().cpu()
+    if recorded.shape != fresh.shape or not torch.allclose(recorded, fresh, rtol=1e-2, atol=1e-2):
+        raise ValueError(f"text encoder {public_name(text_encoder.name)!r} embeds the empty caption otherwise than "
+                         "the checkpoint recorded during training: it is not the encoder the model was trained with")
+    stored_in_half = torch.equal(recorded, recorded.half().float()) and not torch.equal(recorded, fresh)
+    return "float16" if stored_in_half else None
 
 
 def load_pipeline(source, name: str | None = None, vae=None, image_size: int = 256,
@@ -71,7 +91,7 @@ def pipeline_and_checkpoint(source, name=None, vae=None, image_size: int = 256, 
     vae_model = load_vae(space.vae) if space.vae is not None else None
     text_encoder = text_encoder_of(loaded.checkpoint, source) if is_text_model(loaded.model) else None
     pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective,
-                                 text_encoder)
+                                 text_encoder, loaded.checkpoint.get("null_context") if text_encoder else None)
     return pipe, loaded.checkpoint
 
 

@@ -87,8 +87,10 @@ class DiCoPipeline(DiffusionPipeline):
     pipelines do: `text_encoder` (a transformers text tower, e.g. CLIPTextModel) and `tokenizer`; the model reads the
     tower's last hidden state as `context` (its `encoder_hidden_states`). Config: `text_length` (tokens per prompt,
     padded to it), `text_attention_mask` (whether the tower is given the padding mask: not for CLIP, as REPA and
-    U-ViT embedded COCO) and `text_encoder_name` (what the tower was loaded as, for the card). The prompts are
-    encoded by dico.text.TextEncoder, the code `dico sample --prompt` and training use.
+    U-ViT embedded COCO), `text_encoder_name` (what the tower was loaded as, for the card) and `text_null_dtype`
+    ("float16" when training's null, the empty caption, was stored in float16 as extracted latents folders store
+    it: the pipeline's empty caption is rounded the same way). The prompts are encoded by dico.text.TextEncoder, the
+    code `dico sample --prompt` and training use.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -97,7 +99,7 @@ class DiCoPipeline(DiffusionPipeline):
     def __init__(self, transformer, scheduler, vae=None, id2label: dict | None = None, sample_size: int | None = None,
                  latent_scale: float | None = LATENT_SCALE, objective: dict | None = None, text_encoder=None,
                  tokenizer=None, text_length: int | None = None, text_attention_mask: bool = False,
-                 text_encoder_name: str | None = None):
+                 text_encoder_name: str | None = None, text_null_dtype: str | None = None):
         super().__init__()
         if objective is not None:
             objective = objective_from_dict(objective)
@@ -122,8 +124,10 @@ class DiCoPipeline(DiffusionPipeline):
                                 objective=dict(objective) if objective else None)
         if text:  # (class pipelines' configs stay as they were)
             length = int(text_length or transformer.config.get("context_length"))
+            if text_null_dtype not in (None, "float16"):
+                raise ValueError(f"text_null_dtype must be None or 'float16', got {text_null_dtype!r}")
             self.register_to_config(text_length=length, text_attention_mask=bool(text_attention_mask),
-                                    text_encoder_name=text_encoder_name)
+                                    text_encoder_name=text_encoder_name, text_null_dtype=text_null_dtype)
         self.labels = {}
         for key, names in id2label.items():
             for name in names.split(","):
@@ -234,8 +238,10 @@ class DiCoPipeline(DiffusionPipeline):
         encoder = self.prompt_encoder()
         dtype = self.transformer.dtype
         context = encoder.encode(list(prompts)).to(dtype)
-        null = encoder.encode([negative_prompt or ""])[0].to(dtype)
-        return TextTokens(context, null)
+        null = encoder.encode([negative_prompt or ""])[0]
+        if not negative_prompt and self.config.get("text_null_dtype"):  # the empty caption, as training stored it
+            null = null.to(getattr(torch, self.config.text_null_dtype)).float()
+        return TextTokens(context, null.to(dtype))
 
     def condition(self, class_labels, prompt, negative_prompt, device):
         """The Conditioning of a call: class labels, or prompts for a text model (whose first argument may be the
