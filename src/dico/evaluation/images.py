@@ -23,27 +23,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data.folders import center_crop_arr
+from ..data.folders import CROPS  # how a folder of photographs is brought to one size (U-ViT's or ADM's crop)
 from ..images import IMAGE_EXTENSIONS, PROMPTS_KEY, read_rgb
 
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _HASH_CHUNK = 16 << 20
-
-
-def square_center_crop(image, size: int):
-    """U-ViT's COCO preparation (the data of REPA's text-to-image runs and of fid_stats_mscoco256_val.npz): the
-    central min(H, W) square, then a LANCZOS resize to size x size."""
-    from PIL import Image
-
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-
-
-# How a folder of photographs is brought to one size: U-ViT's COCO crop, or ADM's ImageNet crop (BOX halving, BICUBIC
-# resize of the short side, central square; dico's training folders use it too).
-CROPS = {"uvit": square_center_crop, "adm": center_crop_arr}
 
 
 @dataclass(frozen=True)
