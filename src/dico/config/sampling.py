@@ -94,6 +94,12 @@ class SampleConfig(SamplingOptions):
     vae: str | None = None  # ema | mse | a local VAE directory (latent models)
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
     """Class ids, cycled (None: random classes)."""
+    labels: Literal["random", "balanced"] = "random"
+    """Without --classes: a keyed random class per image, or balanced (exactly N / classes images of each class)."""
+    guide_ckpt: str | None = None
+    """Autoguidance: a guide checkpoint (a smaller or less trained model with the same objective, output space and
+    classes); --cfg-scale then guides away from it instead of from the unconditional model."""
+    guide_model: str | None = None  # the guide's model name (None: recorded in ours, inferred from official weights)
     num_samples: int = 16  # images to write
     out: str  # samples.png (a grid) or samples.npz (ADM format)
     nrow: int | None = None  # images per grid row (None: a square grid)
@@ -112,6 +118,8 @@ class SampleConfig(SamplingOptions):
             raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
         if self.classes is not None:
             self.classes = tuple(check_class_ids(self.classes))
+        if self.guide_model is not None and self.guide_ckpt is None:
+            raise ValueError("--guide-model names the model of --guide-ckpt; give --guide-ckpt too")
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
             check_out_suffix(self.out)  # where --out may go is checked by dico.sampling.sample: one line
 
