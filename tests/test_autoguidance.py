@@ -223,3 +223,64 @@ def test_cli_balanced_labels(checkpoints, tmp_path, capsys):
     assert "--num-samples 25 is not divisible by the 10 classes; use a multiple of 10, e.g. 20" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c.npz").exists()
     assert not (tmp_path / "c.npz.parts").exists()
+
+
+# ------------------------------------------------------------------------------------- the pipeline and the demo
+
+
+def test_the_pipeline_autoguides_with_a_guide_transformer_as_dico_sample_does(checkpoints, main_model):
+    from dico.pipelines import load_guide_pipeline, load_pipeline
+
+    pipe = load_pipeline(checkpoints["main"])
+    guide = load_guide_pipeline(pipe, checkpoints["guide"])
+    pipe.set_progress_bar_config(disable=True)
+    labels = [3, 7, 1, 0]
+    got = pipe(labels, guidance_scale=2.0, num_inference_steps=8, seed=5, guidance_channels="all",
+               guide_transformer=guide.transformer).images
+    expected = generate(main_model, SPACE, range(4), torch.tensor(labels),
+                        SamplingOptions(steps=8, cfg_scale=2.0, seed=5, guidance_channels="all"),
+                        guide=small_dico(1, hidden_size=8)[0])
+    np.testing.assert_array_equal(np.stack([np.asarray(im.convert("RGB")) for im in got]), expected)
+    # The main model as its own guide: the unguided images at any scale.
+    same = pipe(labels, guidance_scale=4.0, num_inference_steps=8, seed=5, guide_transformer=pipe.transformer)
+    plain = pipe(labels, guidance_scale=1.0, num_inference_steps=8, seed=5)
+    for a, b in zip(same.images, plain.images):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_guide_pipeline_that_does_not_fit_is_refused_in_one_line(checkpoints):
+    from dico.pipelines import load_guide_pipeline, load_pipeline
+
+    pipe = load_pipeline(checkpoints["main"])
+    with pytest.raises(ValueError, match=r"^the guide cannot guide this model: the objective differs"):
+        load_guide_pipeline(pipe, checkpoints["flow"])
+    with pytest.raises(ValueError, match=r"classes 5 \(guide\) vs 10 \(main\)$"):
+        load_guide_pipeline(pipe, checkpoints["classes"])
+    with pytest.raises(ValueError, match="the sample size differs .16 vs 8."):
+        load_guide_pipeline(pipe, checkpoints["resolution"])
+
+
+def test_the_demo_serves_autoguided_images(checkpoints):
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from dico.demo import build_demo
+    from dico.objectives import DDPMObjective
+    from dico.pipelines import load_pipeline
+
+    guide = load_pipeline(checkpoints["guide"])
+    calls = []
+    guide.transformer.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    demo = build_demo(checkpoints["names"], device="cpu", guide=guide)
+    ddpm = next(iter(DDPMObjective().pipeline_samplers()))
+    gallery, status = demo(["c", "h"], 1, 2.0, 4, ddpm, 5, False, api_name="generate")
+    assert "autoguidance 2" in status and calls == [2] * 4  # the guide ran at every step, on the two images
+    pipe = load_pipeline(checkpoints["names"])
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe([2, 7], guidance_scale=2.0, num_inference_steps=4, seed=5, guide_transformer=guide.transformer)
+    for item, want in zip(gallery, expected.images):
+        shown = np.asarray(Image.open(item["image"]).convert("RGB"))
+        step = shown.shape[0] // 8
+        np.testing.assert_array_equal(shown[::step, ::step], np.asarray(want.convert("RGB")))
+    with pytest.raises(ValueError, match="cannot guide"):  # a path is loaded and checked
+        build_demo(checkpoints["main"], device="cpu", guide=checkpoints["classes"])

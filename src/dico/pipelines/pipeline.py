@@ -35,7 +35,7 @@ from ..objectives import objective_from_dict
 from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_seed, check_steps,
                        honour_umask)
 from ..randomness import PURPOSES, keyed_generator
-from ..sampling.guided import Denoiser, Guidance, keyed_noise, keyed_step_noise
+from ..sampling.guided import ClassifierFree, Denoiser, GuideModel, Guidance, keyed_noise, keyed_step_noise
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 # A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
@@ -180,7 +180,8 @@ class DiCoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, class_labels, guidance_scale: float = 1.5, num_inference_steps: int = 250,
                  generator=None, seed: int | None = None, guidance_channels: int | str = 3,
-                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None, sigmas=None):
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None, sigmas=None,
+                 guide_transformer=None):
         """Images of `class_labels` (one per label: ids, or names from `id2label`).
 
         guidance_scale: classifier-free guidance (1 = off; the official FID protocol uses 1.5 with 250 steps).
@@ -192,6 +193,10 @@ class DiCoPipeline(DiffusionPipeline):
         callback_on_step_end(pipe, step, timestep, {"latents": x}): called after every step (e.g. progress).
         sigmas: custom sigmas for schedulers whose set_timesteps takes them (the flow-matching ones; one per step,
             num_inference_steps is then their number): `flow_sigmas(N)` gives dico's uniform Euler grid.
+        guide_transformer: autoguidance (Karras et al. 2024): guidance_scale then guides away from this weaker
+            model (smaller or less trained, same objective, space and classes, on the same device; any dtype)
+            given the same labels, instead of from the null class; e.g. the transformer of
+            `load_pipeline(guide)`, checked by `check_guide_pipeline(pipe, guide_pipe)`.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -208,7 +213,9 @@ class DiCoPipeline(DiffusionPipeline):
         device = self._execution_device
         cond = ClassLabels(self.label_tensor(class_labels).to(device), model.config.num_classes)
         n, channels, size = len(cond), model.config.in_channels, self.config.sample_size
-        denoiser = Denoiser(model, cond, Guidance(guidance_scale, guidance_channels))  # refuses what cannot be guided
+        strategy = ClassifierFree() if guide_transformer is None else GuideModel(guide_transformer)
+        # Refuses what cannot be guided: a model without a null class, a guide whose input does not fit.
+        denoiser = Denoiser(model, cond, Guidance(guidance_scale, guidance_channels, strategy=strategy))
         objective = self.objective
         objective.check_scheduler(self.scheduler)
         if sigmas is not None:
