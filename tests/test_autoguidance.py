@@ -284,3 +284,12 @@ def test_the_demo_serves_autoguided_images(checkpoints):
         np.testing.assert_array_equal(shown[::step, ::step], np.asarray(want.convert("RGB")))
     with pytest.raises(ValueError, match="cannot guide"):  # a path is loaded and checked
         build_demo(checkpoints["main"], device="cpu", guide=checkpoints["classes"])
+
+
+def test_a_model_without_a_null_class_can_be_autoguided(guide_model):
+    """Autoguidance gives the guide the same labels: no null class is needed (CFG refuses such a model)."""
+    no_null = small_dico(0, class_dropout_prob=0.0)[0]
+    options = SamplingOptions(steps=3, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="null class"):
+        generate(no_null, SPACE, [0], torch.tensor([1]), options)
+    assert generate(no_null, SPACE, [0], torch.tensor([1]), options, guide=guide_model).shape == (1, 8, 8, 3)

@@ -97,8 +97,7 @@ class SampleConfig(SamplingOptions):
     labels: Literal["random", "balanced"] = "random"
     """Without --classes: a keyed random class per image, or balanced (exactly N / classes images of each class)."""
     guide_ckpt: str | None = None
-    """Autoguidance: a guide checkpoint (a smaller or less trained model with the same objective, output space and
-    classes); --cfg-scale then guides away from it instead of from the unconditional model."""
+    """Autoguidance: a weaker checkpoint (same objective, space, classes) that --cfg-scale guides away from."""
     guide_model: str | None = None  # the guide's model name (None: recorded in ours, inferred from official weights)
     num_samples: int = 16  # images to write
     out: str  # samples.png (a grid) or samples.npz (ADM format)
