@@ -8,9 +8,9 @@ from dico.checkpoints import atomic_save
 from dico.cli import main as cli
 from dico.conditioning import ClassLabels
 from dico.models import build_model, model_spec
-from dico.objectives import FlowObjective
+from dico.objectives import DDPMObjective, FlowObjective
 from dico.sampling import OutputSpace, SamplingOptions, generate, image_labels, sample_to_npz
-from dico.sampling.guided import CacheOptions, Denoiser, GuideModel, Guidance
+from dico.sampling.guided import CacheOptions, Denoiser, GuideModel, Guidance, sample_latents
 
 SPACE = OutputSpace(resolution=8, channels=1)
 PIXELS = {"resolution": 8, "channels": 1, "vae": None, "latent_scale": 0.18215}
@@ -53,6 +53,14 @@ def test_a_guide_that_is_the_main_model_gives_the_unguided_images_exactly(main_m
     for scale in (0.5, 2.0, 7.0):
         options = SamplingOptions(method=method, steps=6, seed=2, cfg_scale=scale, guidance_channels="all")
         assert np.array_equal(generate(main_model, SPACE, range(4), labels, options, guide=main_model), unguided)
+    # Before quantisation too: the samples themselves are equal, not just their 8-bit images.
+    cond = ClassLabels(labels, 10)
+    with torch.no_grad():
+        plain = sample_latents(main_model, DDPMObjective(), cond, SamplingOptions(method=method, steps=6, seed=2),
+                               range(4), (1, 8, 8), "cpu")
+        guided = sample_latents(main_model, DDPMObjective(), cond, options, range(4), (1, 8, 8), "cpu",
+                                guide=main_model)
+    assert torch.equal(guided, plain)
 
 
 def test_scale_one_gives_the_unguided_images_and_never_runs_the_guide(main_model, guide_model):
