@@ -301,3 +301,14 @@ def test_a_model_without_a_null_class_can_be_autoguided(guide_model):
     with pytest.raises(ValueError, match="null class"):
         generate(no_null, SPACE, [0], torch.tensor([1]), options)
     assert generate(no_null, SPACE, [0], torch.tensor([1]), options, guide=guide_model).shape == (1, 8, 8, 3)
+
+
+@pytest.mark.parametrize("method, sampler", [("euler", "ode"), ("dopri5", "ode"), ("Euler", "sde")])
+def test_a_flow_model_guided_by_itself_gives_its_unguided_samples_exactly(main_model, method, sampler):
+    cond = ClassLabels(torch.tensor([1, 2, 3]), 10)
+    base = dict(method=method, sampler=sampler, steps=8, seed=0)
+    with torch.no_grad():
+        plain = sample_latents(main_model, FlowObjective(), cond, SamplingOptions(**base), range(3), (1, 8, 8), "cpu")
+        guided = sample_latents(main_model, FlowObjective(), cond, SamplingOptions(cfg_scale=3.0, **base), range(3),
+                                (1, 8, 8), "cpu", guide=main_model)
+    assert torch.equal(guided, plain)
