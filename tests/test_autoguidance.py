@@ -312,3 +312,17 @@ def test_a_flow_model_guided_by_itself_gives_its_unguided_samples_exactly(main_m
         guided = sample_latents(main_model, FlowObjective(), cond, SamplingOptions(cfg_scale=3.0, **base), range(3),
                                 (1, 8, 8), "cpu", guide=main_model)
     assert torch.equal(guided, plain)
+
+
+def test_a_meanflow_model_passes_its_second_time_to_the_guide_too():
+    """MeanFlow's second time r is a per-sample input like t: both models get it (a guide without it would fail)."""
+    from dico.objectives import MeanFlowObjective
+
+    main, cond = small_dico(0, second_time=True)[0], ClassLabels(torch.tensor([1, 2, 3]), 10)
+    with torch.no_grad():
+        run = lambda scale, guide: sample_latents(main, MeanFlowObjective(), cond,  # noqa: E731
+                                                  SamplingOptions(steps=2, seed=0, cfg_scale=scale), range(3),
+                                                  (1, 8, 8), "cpu", guide=guide)
+        plain = run(1.0, None)
+        assert torch.equal(run(3.0, main), plain)
+        assert not torch.allclose(run(3.0, small_dico(1, 8, second_time=True)[0]), plain, atol=1e-3)

@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..models import build_model, create_model
+from ..models.inputs import example_condition
 
 aten = torch.ops.aten
 
@@ -83,7 +84,7 @@ class MacCounter(TorchDispatchMode):
 
 
 def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
-    """(parameters, MACs) of one forward pass of `model(x, t, y)` on an input of `input_shape` (N, C, H, W).
+    """(parameters, MACs) of one forward pass of `model(x, t, y)` (or `context` for a text model) on an input of `input_shape` (N, C, H, W).
 
     MACs are for the whole batch (use N=1 for the paper's per-image figure). The model is moved to `device`
     ("meta" by default: a shape-only copy, so nothing is computed and no memory is used); the caller's model is
@@ -97,13 +98,13 @@ def count(model: torch.nn.Module, input_shape, device="meta") -> tuple:
     n = input_shape[0]
     x = torch.zeros(input_shape, device=device)
     t = torch.zeros(n, device=device)
-    y = torch.zeros(n, dtype=torch.long, device=device)
+    cond = example_condition(model, n, device=device)  # class labels, or a text model's context tokens
     was_training = model.training
     model.eval()
     counter = MacCounter()
     try:
         with torch.no_grad(), counter:
-            model(x, t, y)
+            model(x, t, **cond.model_kwargs())
     finally:
         model.train(was_training)
     return params, counter.total

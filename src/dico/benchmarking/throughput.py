@@ -34,12 +34,17 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_pretrained
 from ..config.benchmarking import BenchConfig
-from ..models import create_model, list_models
+from ..models import build_model, create_model, list_models, model_spec
+from ..models.inputs import example_condition
+from ..objectives import objective_from_dict
 from ..options import check_guidance_scale, check_steps
 from ..training.optim import adamw
 from .official import official_twin
 
-TASKS = ("forward", "train", "sample")
+TASKS = ("forward", "train", "sample", "train-flow", "train-meanflow")
+# Training steps of an objective's own loss (its keyed draws, and MeanFlow's Jacobian-vector product), as
+# `dico train --objective ...` takes them: task -> objective kind.
+OBJECTIVE_TASKS = {"train-flow": "flow", "train-meanflow": "meanflow"}
 DTYPES = ("fp32", "tf32", "bf16")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -160,10 +165,14 @@ class _Case:
         self.t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         # our models know their classes; the official twin of a registered model has the configured number
         self.num_classes = getattr(model, "num_classes", config.num_classes)
-        self.y = torch.randint(0, max(self.num_classes, 1), (batch,), generator=g).to(device)
+        # class labels, or a text model's context tokens
+        self.cond = example_condition(model, batch, g, device, self.num_classes)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
-        if task == "train":
+        if task in OBJECTIVE_TASKS:
+            objective = objective_from_dict({"kind": OBJECTIVE_TASKS[task]})
+            self.losses, self.calls = objective.loss_function(model.learn_sigma), 0
+        if task == "train" or task in OBJECTIVE_TASKS:
             # Each case trains its own copy, so optimizer state never leaks between implementations. Each
             # implementation steps with the optimizer its own trainer uses: the official train.py a default AdamW,
             # `dico train` the fused one.
@@ -174,9 +183,14 @@ class _Case:
         with precision(self.dtype, self.device):
             if self.task == "forward":
                 with torch.no_grad():
-                    self.model(self.x, self.t, self.y)
-            elif self.task == "train":
-                loss = F.mse_loss(self.model(self.x, self.t, self.y).float(), self.target)
+                    self.model(self.x, self.t, **self.cond.model_kwargs())
+            elif self.task == "train" or self.task in OBJECTIVE_TASKS:
+                if self.task == "train":
+                    loss = F.mse_loss(self.model(self.x, self.t, **self.cond.model_kwargs()).float(), self.target)
+                else:  # every call draws new times and noise, keyed by (seed, call, position)
+                    keys = [(self.config.seed, self.calls, p) for p in range(self.batch)]
+                    self.calls += 1
+                    loss = self.losses(self.model, self.x, self.cond.model_kwargs(), keys).float().mean()
                 loss.backward()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -186,13 +200,12 @@ class _Case:
     @torch.no_grad()
     def sample(self):
         # A DDIM-like loop: the cost is steps x one guided forward at batch 2N; the update itself is negligible.
-        null = torch.full_like(self.y, self.num_classes)
-        y = torch.cat([self.y, null])
+        cond = self.cond.cat(self.cond.null()).model_kwargs()
         x = torch.randn_like(self.x)
         steps = self.config.sample_steps
         for i in reversed(range(steps)):
             t = torch.full((2 * len(x),), (i + 0.5) * 1000 / steps, device=x.device)
-            out = self.model.forward_with_cfg(torch.cat([x, x]), t, y, self.config.cfg_scale)
+            out = self.model.forward_with_cfg(torch.cat([x, x]), t, *cond.values(), self.config.cfg_scale)
             x = x - out[: len(x), : x.shape[1]].float() / steps
 
     def timed(self, measure_memory: bool) -> float:
@@ -229,7 +242,9 @@ def build_cases(config: BenchConfig):
     for name in config.models:
         torch.manual_seed(config.seed)
         if name in list_models():
-            base = create_model(name, input_size=latent, num_classes=config.num_classes)
+            # num_classes for the models that have the option (a text model has no label table)
+            classes = {"num_classes": config.num_classes} if "num_classes" in model_spec(name)["config"] else {}
+            base = create_model(name, input_size=latent, **classes)
             # Random (not zero-initialised) adaLN and output weights, so every path does real work.
             with torch.no_grad():
                 for p in base.parameters():
@@ -238,14 +253,27 @@ def build_cases(config: BenchConfig):
         else:  # a trained model, through the one loader
             base = load_pretrained(name, image_size=config.image_size).model
         for task in config.tasks:
-            # The official implementation first, so "vs first" reads as a speed-up over it.
-            for impl in ("official", "ours") if config.official else ("ours",):
+            task_base = base
+            needs = objective_from_dict({"kind": OBJECTIVE_TASKS[task]}).model_config() if task in OBJECTIVE_TASKS \
+                else {}
+            if needs and any(base.config.get(k) != v for k, v in needs.items()):
+                # The same weights in the network the objective needs (MeanFlow: its second time embedders added).
+                torch.manual_seed(config.seed)
+                task_base = build_model({**base.spec, "config": {**base.spec["config"], **needs}})
+                task_base.load_state_dict(base.state_dict(), strict=False)
+                with torch.no_grad():
+                    for p in task_base.parameters():
+                        if p.requires_grad and p.abs().sum() == 0:
+                            p.normal_(0, 0.02)
+            # The official implementation first, so "vs first" reads as a speed-up over it; the official code has no
+            # objective losses (its train.py trains DDPM), so those tasks time ours only.
+            for impl in ("official", "ours") if config.official and task not in OBJECTIVE_TASKS else ("ours",):
                 for batch in config.batch_sizes:
                     for dtype in config.dtypes:
-                        model = copy.deepcopy(base) if task == "train" else base
+                        model = copy.deepcopy(task_base) if task != "forward" and task != "sample" else task_base
                         if impl == "official":
                             model = official_twin(model, config.official)
-                        model = model.to(device).train(task == "train")
+                        model = model.to(device).train(task.startswith("train"))
                         cases.append(_Case(model, name, impl, task, batch, dtype, device, config))
     return cases
 

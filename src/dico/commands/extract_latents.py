@@ -10,5 +10,6 @@ def run(config: ExtractLatentsConfig) -> int:
     extract_latents(config.data, config.out, image_size=config.image_size, vae=config.vae,
                     batch_size=config.batch_size, num_workers=config.num_workers, dtype=config.dtype,
                     device=config.device, max_batches=config.max_batches, progress=config.progress,
-                    repa_encoder=encoder, threads=config.threads)
+                    repa_encoder=encoder, threads=config.threads, text_encoder=config.text_encoder,
+                    captions=config.captions, crop=config.crop)
     return 0

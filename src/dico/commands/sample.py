@@ -7,5 +7,6 @@ from ..sampling import sample
 def run(config: SampleConfig) -> int:
     path = sample(config)
     if path is not None:
-        print(f"wrote {config.num_samples} samples to {path}")
+        count = config.num_samples or "the"  # (text models with --captions: one per captioned image)
+        print(f"wrote {count} samples to {path}")
     return 0

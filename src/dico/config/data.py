@@ -27,6 +27,15 @@ class ExtractLatentsConfig:
     repa_encoder: str | None = None
     """REPA: also store this frozen encoder's patch tokens (dico.repa.load_encoder: dinov2-b, hub:..., timm:...,
     a file, digits); on a finished extraction, adds them without running the VAE again."""
+    text_encoder: str | None = None
+    """Text-to-image: --data is a captioned folder (a COCO 2014 split such as COCO/train2014 beside
+    COCO/annotations/captions_train2014.json, or a folder with a Hugging Face metadata.jsonl of file_name and text);
+    also store every caption's token embeddings by this text encoder (openai/clip-vit-large-patch14 as the paper,
+    any Hugging Face text encoder by Hub id or folder, dico:digits-clip)."""
+    captions: str | None = None  # with --text-encoder: the captions file (COCO .json or metadata.jsonl) if not found
+    crop: Literal["adm", "uvit"] | None = None
+    """How images become --image-size squares: adm (ADM's crop, the official DiCo's) or uvit (central square,
+    LANCZOS: U-ViT's COCO crop, behind REPA's COCO latents); default adm for image folders, uvit with --text-encoder."""
 
     def __post_init__(self):
         check_threads(self.threads)

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from tyro.conf import UseAppendAction
+
 from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_int, check_new_output,
                        check_number, check_seed, check_steps, comma_separated)
 from ..threads import Threads, check_threads
@@ -29,7 +31,8 @@ class SamplingOptions:
     method: str | None = None
     """DDPM: ddpm | ddim | dpm++2m | dpm++3m; flow ODE: a torchdiffeq method; flow SDE: Euler | Heun (None: ddpm for
     DDPM models, dopri5 / Euler for flow models)."""
-    steps: int | None = None  # model calls (DDPM) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow)
+    steps: int | None = None
+    """Model calls (DDPM, MeanFlow) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow, 1 for MeanFlow)."""
     cfg_scale: float = 1.0  # classifier-free guidance scale (1: no guidance)
     guidance_channels: int | Literal["all"] = 3  # guide the first N output channels (official: 3) or 'all'
     guidance_interval: Annotated[tuple[float, float], comma_separated(float, "LO,HI", count=2)] = (0.0, 1.0)
@@ -99,7 +102,14 @@ class SampleConfig(SamplingOptions):
     guide_ckpt: str | None = None
     """Autoguidance: a weaker checkpoint (same objective, space, classes) that --cfg-scale guides away from."""
     guide_model: str | None = None  # the guide's model name (None: recorded in ours, inferred from official weights)
-    num_samples: int = 16  # images to write
+    prompt: Annotated[tuple[str, ...], UseAppendAction] = ()
+    """Text models: a prompt (repeat the flag for more; image i gets prompt i mod their number)."""
+    prompts_file: str | None = None  # text models: a file of prompts, one per line, cycled as --prompt
+    captions: str | None = None
+    """Text models, the evaluation protocol: one sample per image of this captioned folder (COCO 2014 val,
+    metadata.jsonl) or extracted latents folder, with one of its captions (dico.data.evaluation_captions)."""
+    text_encoder: str | None = None  # text models: a text encoder name or folder (None: the checkpoint's)
+    num_samples: int | None = None  # images to write (None: 16; with --captions, one per captioned image)
     out: str  # samples.png (a grid) or samples.npz (ADM format)
     nrow: int | None = None  # images per grid row (None: a square grid)
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
@@ -109,7 +119,8 @@ class SampleConfig(SamplingOptions):
     def __post_init__(self):
         super().__post_init__()
         check_threads(self.threads)
-        check_int("num_samples", self.num_samples, 1)
+        check_int("num_samples", self.num_samples, 1, none_ok=True)
+        self.prompt = tuple(self.prompt)
         check_int("nrow", self.nrow, 1, none_ok=True)
         check_int("num_classes", self.num_classes, 1, none_ok=True)
         check_int("image_size", self.image_size, 8)

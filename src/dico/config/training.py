@@ -23,7 +23,7 @@ class RunSettings:
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
     """Model overrides, e.g. '{"channel_attention": "se"}'."""
-    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits)
+    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits; digits-text: captioned)
     image_size: int | None = None
     """Image folders: training resolution in pixels (None: 256); latents and the digits carry their own size."""
     vae: str | None = None
@@ -50,6 +50,9 @@ class RunSettings:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast
     grad_checkpointing: bool = False
     skip_nonfinite: int = 0  # steps with non-finite loss or gradients to skip before stopping (0: stop at the first)
+    caption_dropout: float = 0.1
+    """Text data: the probability that an image trains with the empty caption (the null that guidance contrasts with;
+    0.1 as REPA's --cfg-prob). Class data takes its label dropout from the model (class_dropout_prob) instead."""
 
 
 @dataclass
@@ -65,12 +68,17 @@ class TrainConfig(ObjectiveOptions, RunSettings):
     grid_per_class: int = 8  # the final sample grid: images per row
     grid_steps: int = 50  # sampling steps for the final sample grid
     grid_cfg_scale: float = 1.5  # guidance scale for the final sample grid
+    phema_stds: Annotated[tuple[float, ...] | None, comma_separated(float, "S1,S2,...")] = None
+    """Power-function EMAs to track beside --ema-decay (EDM2's post-hoc EMA), as sigma_rel values in (0, 0.2887),
+    e.g. 0.05,0.10 (None: off). Their snapshots go to RESULTS_DIR/phema, for `dico ema reconstruct` and `sweep`."""
+    phema_every: int = 10_000  # power-function EMA: a snapshot of each profile every this many steps (and the last)
+    phema_dtype: Literal["fp16", "fp32"] = "fp16"  # power-function EMA: precision of the snapshot files
 
     def __post_init__(self):
         """Every value checked when the configuration is made (flags, config files, presets, checkpoints), each error
         naming the flag and what it accepts."""
         for name, low in (("max_steps", 1), ("global_batch", 1), ("warmup_steps", 0), ("log_every", 1),
-                          ("ckpt_every", 1), ("num_workers", 0), ("skip_nonfinite", 0),
+                          ("ckpt_every", 1), ("num_workers", 0), ("skip_nonfinite", 0), ("phema_every", 1),
                           ("grid_classes", 0), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
             check_int(name, getattr(self, name), low)
         check_int("micro_batch", self.micro_batch, 1, self.global_batch, none_ok=True)
@@ -81,11 +89,14 @@ class TrainConfig(ObjectiveOptions, RunSettings):
         check_number("ema_decay", self.ema_decay, 0, 1)
         check_number("grid_cfg_scale", self.grid_cfg_scale)
         check_number("repa_weight", self.repa_weight, 0)
+        check_number("caption_dropout", self.caption_dropout, 0, 1)
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else (self.betas,)
         if len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1
                                   for b in betas):
             raise ValueError(f"--betas must be two numbers in [0, 1), e.g. 0.9,0.999, got {self.betas!r}")
         self.betas = tuple(float(b) for b in betas)
+        if self.phema_stds is not None:  # a flag, a config file or a checkpoint's list: one tuple of floats
+            self.phema_stds = check_phema_stds(self.phema_stds) or None
         check_choices(self, RunSettings)
         check_choices(self, TrainConfig)
         ObjectiveOptions.check(self)
@@ -96,6 +107,20 @@ class TrainConfig(ObjectiveOptions, RunSettings):
                           projector_dim=self.repa_projector_dim, encoder=self.repa_encoder,
                           stop_step=self.repa_stop_step)
 
+
+def check_phema_stds(values, flag: str = "phema-stds") -> tuple:
+    """sigma_rel values of power-function EMAs: each in (0, sqrt(1/12)) (gamma > 0; sqrt(1/12) is the flat average)."""
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < PHEMA_SIGMA_REL_MAX:
+            raise ValueError(f"--{flag}: each sigma_rel must be a number in (0, {PHEMA_SIGMA_REL_MAX:.4f}) "
+                             f"(sqrt(1/12), the flat average), got {v!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}: repeated sigma_rel in {values}")
+    return tuple(float(v) for v in values)
+
+
+PHEMA_SIGMA_REL_MAX = (1 / 12) ** 0.5
 
 # The official DiCo recipe (AdamW lr 1e-4, no weight decay, constant lr, batch 256, EMA 0.9999).
 OFFICIAL = TrainConfig()
@@ -109,6 +134,31 @@ PRESETS = {
     "demo": dict(model="DiCo-Tiny", data=None, max_steps=3000, global_batch=64, lr=1e-3, ema_decay=0.995,
                  warmup_steps=100, log_every=50, ckpt_every=1000, num_workers=0, grid_steps=50,
                  grid_cfg_scale=2.0),
+    # The text-to-image demo: the digits with captions (dico.data.digits_text) and their tiny CLIP tower. The model,
+    # steps, batch, lr, EMA and warm-up are the class demo's (the same 8x8 digits, the same CPU minutes); the dynamic
+    # depthwise variant because it is the paper's own idea (Table 3), and the cheaper of the two per step. Flow
+    # matching: REPA's text-to-image objective (linear path, velocity), and on the digits it beat DDPM in the class
+    # demo (README, "Flow matching"). Guidance 2 for the grid as the class demo.
+    "t2i-demo": dict(model="DiCo-Tiny-DWC", data="digits-text", max_steps=3000, global_batch=64, lr=1e-3,
+                     ema_decay=0.995, warmup_steps=100, log_every=50, ckpt_every=1000, num_workers=0,
+                     objective="flow", caption_dropout=0.1, grid_steps=50, grid_cfg_scale=2.0),
+    # The paper's text-to-image setting (arXiv 2505.11196, Table 3), which follows REPA's train_t2i.py on MS-COCO
+    # 2014 latents (`dico extract-latents --text-encoder openai/clip-vit-large-patch14`, passed as --data):
+    "coco": dict(
+        # The paper does not say which DiCo size Table 3 trains. DiCo-L-DWC has 519M parameters at CLIP-L's 77 x 768
+        # context, the closest to REPA's MMDiT (depth 24: 505M) it is compared with (DiCo-XL-DWC: 779M).
+        model="DiCo-L-DWC",
+        lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0,  # REPA train_t2i.py: AdamW 1e-4, betas 0.9/0.999, no decay
+        global_batch=256,  # REPA train_t2i.py --batch-size 256 (global, over processes)
+        max_steps=150_000,  # REPA's paper (COCO, Table 6): 150K iterations (train_t2i.py's default is 400K)
+        caption_dropout=0.1,  # REPA train_t2i.py --cfg-prob 0.1 (the empty caption, for guidance)
+        ema_decay=0.9999,  # REPA train_t2i.py update_ema's default
+        # REPA train_t2i.py: --path-type linear, --prediction v, --weighting uniform (SiT's flow matching)
+        objective="flow", path="Linear", prediction="velocity", time_sampling="uniform",
+        precision="bf16",  # REPA trains in mixed precision (fp16 by default); dico's autocast is bf16
+        ckpt_every=50_000,  # REPA train_t2i.py --checkpointing-steps 50000
+        grid_classes=0,  # (the final grid of a text run shows the data's evaluation captions; see write_prompt_grid)
+    ),
 }
 
 
@@ -134,7 +184,7 @@ def save_config(config: TrainConfig) -> Path:
 class TrainCommand(TrainConfig):
     """Train a model: without --data the digits demo (a few minutes on a CPU), with --data the official recipe."""
 
-    preset: Literal["official", "dico-h", "demo"] | None = None  # recipe (None: demo without --data, else official)
+    preset: Literal["official", "dico-h", "demo", "t2i-demo", "coco"] | None = None  # recipe (None: demo without --data, else official)
     resume: str | None = None  # a checkpoint path, or 'auto' for the newest in --results-dir
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: the local GPU if any)
     progress: bool = True  # progress bar

@@ -3,14 +3,17 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..conditioning import ClassLabels
+import torch
+
+from ..conditioning import ClassLabels, TextTokens
 from .digits import DIGITS_CLASSES, DIGITS_RESOLUTION, DigitsDataset, digits_fingerprint
 from .folders import ImageFolderDataset, folder_fingerprint
-from .latents import LatentDataset, is_latent_dir
+from .latents import LatentDataset, TextLatentDataset, is_latent_dir, read_meta
 from .space import OutputSpace
 from .vae import LATENT_SCALE, check_vae_matches
 
 
+DIGITS_TEXT = "digits-text"  # the digits with captions (dico.data.digits_text), for the text-to-image demo
 DEFAULT_IMAGE_SIZE = 256  # image folders, when no size is given (ImageNet 256, the paper's main setting)
 
 
@@ -27,14 +30,32 @@ class DataFacts:
     fingerprint: str | None = None  # what a resumed run checks it is still training on
     latent_mean: list | None = None  # per-channel statistics of standardised latents (see OutputSpace)
     latent_std: list | None = None
+    # Text data: the text encoder's record (dico.text.TextEncoder.to_dict) and the empty caption's embedding (L, D),
+    # the null of caption dropout; None for class-labelled and unconditional data.
+    text_encoder: dict | None = None
+    null_context: torch.Tensor | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return self.null_context is not None
+
+    @property
+    def context_shape(self) -> tuple | None:
+        """(tokens, width) of the text data's contexts, which a text model is built for (context_length,
+        context_dim); None for other data."""
+        return tuple(self.null_context.shape) if self.is_text else None
 
     @property
     def space(self) -> OutputSpace:
         return OutputSpace(self.resolution, self.in_channels, self.vae, self.latent_scale, self.latent_mean,
                            self.latent_std)
 
-    def conditioning(self, labels) -> ClassLabels:
-        """What a batch's items are conditioned on: their class labels (the null label is `num_classes`)."""
+    def conditioning(self, labels):
+        """What a batch's items are conditioned on: their class labels (ClassLabels, the null label is
+        `num_classes`), or for text data their captions' token embeddings (TextTokens, `labels` the (N, L, D)
+        contexts, the null the empty caption's)."""
+        if self.is_text:
+            return TextTokens(labels, self.null_context.to(labels))
         return ClassLabels(labels, self.num_classes)
 
 
@@ -49,11 +70,15 @@ ENCODE_ONCE = ("training on {path} with a VAE needs its latents extracted once f
 
 def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=None,
                   latent_norm: str | None = None):
-    """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; a directory written by
-    `dico extract-latents` -> its latents (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
+    """(dataset, DataFacts) for `spec`: None or "digits" -> the bundled digits; "digits-text" -> the digits with
+    captions (items (pixels, caption token embeddings), see dico.data.digits_text); a directory written by
+    `dico extract-latents` -> its latents (with caption embeddings: a TextLatentDataset of (latent, context)
+    items and text facts) (C x h x w, normalised by `latent_norm`: see LatentDataset; decoded by its
     VAE, or by `vae` if given: ema and mse share one encoder); an image folder -> pixels at `image_size` (256 when
     None; with
     `vae`: an error asking to extract latents)."""
+    if spec == DIGITS_TEXT:
+        return digits_text_dataset(seed)
     if spec in (None, "digits"):
         dataset = DigitsDataset()
         return dataset, DataFacts(1, DIGITS_RESOLUTION, 10, class_names=DIGITS_CLASSES,
@@ -64,7 +89,8 @@ def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=N
                                 "root/<image>), a latents directory written by `dico extract-latents`, or nothing "
                                 "for the bundled digits")
     if is_latent_dir(path):
-        dataset = LatentDataset(path, seed=seed, latent_norm=latent_norm)
+        text = bool(read_meta(path).get("text_encoder"))
+        dataset = (TextLatentDataset if text else LatentDataset)(path, seed=seed, latent_norm=latent_norm)
         meta, norm = dataset.meta, dataset.normalization
         channels, height, width = meta["latent_shape"]
         if height != width:
@@ -73,9 +99,23 @@ def build_dataset(spec=None, image_size: int | None = None, seed: int = 0, vae=N
         facts = DataFacts(channels, height, meta["num_classes"], decoder, norm["latent_scale"], meta["class_names"],
                           fingerprint=meta.get("fingerprint"), latent_mean=norm["latent_mean"],
                           latent_std=norm["latent_std"])
+        if text:  # captions instead of class labels
+            facts.num_classes, facts.class_names = 0, None
+            facts.text_encoder, facts.null_context = dataset.text_encoder, dataset.null_context
         return dataset, facts
     if vae is not None:
         raise ValueError(ENCODE_ONCE.format(path=spec, size=image_size or DEFAULT_IMAGE_SIZE, vae=vae))
     dataset = ImageFolderDataset(path, image_size=image_size or DEFAULT_IMAGE_SIZE, seed=seed)
     return dataset, DataFacts(3, dataset.image_size, dataset.num_classes, class_names=dataset.class_names,
                               fingerprint=folder_fingerprint(dataset.root, dataset.paths, dataset.labels))
+
+
+def digits_text_dataset(seed: int = 0, encoder=None):
+    """The digits with captions and their facts: pixels 1 x 8 x 8, no classes, text conditioning by the digits text
+    tower (or `encoder`)."""
+    from .digits_text import DigitsTextDataset, digits_text_fingerprint
+
+    dataset = DigitsTextDataset(encoder, seed=seed)
+    return dataset, DataFacts(1, DIGITS_RESOLUTION, 0, class_names=None,
+                              fingerprint=digits_text_fingerprint(dataset.encoder_record),
+                              text_encoder=dataset.encoder_record, null_context=dataset.null_context)

@@ -8,6 +8,10 @@ With a REPA encoder (`repa_encoder`), the encoder's patch tokens of the same two
 (repa_features.npy, float16), so training never runs the encoder. At the end, the per-channel statistics of the
 latents are measured from the stored moments and written to meta.json.
 
+With a text encoder (`text_encoder`) and a captioned folder (COCO 2014 as distributed, or a Hugging Face image
+folder's metadata.jsonl: see dico.data.captions), every caption's token embeddings are stored too (float16), with
+the empty caption's once and the encoder's record in meta.json; training then draws one caption per visit.
+
 Work split: the images not yet done are cut into batches in index order and batch k goes to process k % world.
 Each process writes its rows of the shared memory-mapped arrays and marks them in done.npy after each batch, so an
 interrupted run (any number of processes) resumes where it stopped, with the same batches and so the same bytes.
@@ -25,15 +29,21 @@ from tqdm import tqdm
 
 from ..distributed import barrier, setup
 from ..threads import ThreadPolicy
+from .captions import CaptionedImageDataset, read_captioned_images
 from .folders import ImageFolderDataset, folder_fingerprint, name_some, unreadable_images
-from .latents import (DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES, channel_statistics,
-                      create_latent_files, create_repa_files, open_done, open_moments, open_repa_features, read_meta,
-                      write_json_atomic)
+from .latents import (CAPTION_OFFSETS, DONE, LATENT_FORMAT, META, PLAN, REPA_DONE, REPA_PLAN, STORAGE_DTYPES,
+                      channel_statistics, create_latent_files, create_repa_files, create_text_files, open_done,
+                      open_moments, open_repa_features, open_text_context, read_meta, write_json_atomic)
 from .vae import LATENT_SCALE, encode_moments, is_sd_vae, load_vae, resolve_vae
 
 # Settings an interrupted extraction must share with the run that resumes it.
 REPA_KEYS = ("repa_encoder", "repa_shape")
-PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", *REPA_KEYS)
+PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", "text_encoder", "crop",
+             *REPA_KEYS)
+# What a plan written before a key existed meant by it.
+PLAN_DEFAULTS = {"crop": "adm"}
+TEXT_LAYOUT = ("text_context[caption, token, feature], float16; image i's captions are rows "
+               "caption_offsets[i]:caption_offsets[i + 1] (texts in captions.jsonl); null_context = the empty caption")
 REPA_LAYOUT = "repa_features[image, flip (0 as is, 1 mirrored), token (row-major grid), feature]"
 
 
@@ -52,7 +62,7 @@ def _check_plan(out: Path, plan: dict) -> str:
     for name, state in ((META, "done"), (PLAN, "resume")):
         if (out / name).is_file():
             saved = read_meta(out) if name == META else json.loads((out / PLAN).read_text())
-            saved = {k: saved.get(k) for k in PLAN_KEYS}
+            saved = {k: saved.get(k, PLAN_DEFAULTS.get(k)) for k in PLAN_KEYS}
             if state == "done" and saved["repa_encoder"] is None and wanted["repa_encoder"] is not None and all(
                     saved[k] == wanted[k] for k in PLAN_KEYS if k not in REPA_KEYS):
                 return "tokens"
@@ -75,19 +85,29 @@ def _write_rows(array, rows: np.ndarray, block: torch.Tensor) -> None:
 
 
 def _write_batch(moments, done, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor, features=None,
-                 tokens: torch.Tensor | None = None) -> None:
+                 tokens: torch.Tensor | None = None, text=None) -> None:
     n = len(rows)
     # (2n, C, h, w) x2 with the mirrored images second -> (n, flip, (mean, std), C, h, w)
     _write_rows(moments, rows, torch.stack([mean, std], dim=1).unflatten(0, (2, n)).transpose(0, 1))
     if features is not None:  # (2n, T, D) -> (n, flip, T, D)
         _write_rows(features, rows, tokens.unflatten(0, (2, n)).transpose(0, 1))
+    if text is not None:
+        _write_captions(*text, rows)
     done[rows] = True
     done.flush()
 
 
+def _write_captions(context, offsets: np.ndarray, captions: list, encoder, rows: np.ndarray) -> None:
+    """The token embeddings of every caption of the images `rows`, into their rows of `context`."""
+    texts = [text for row in rows for text in captions[row]]
+    where = np.concatenate([np.arange(offsets[row], offsets[row + 1]) for row in rows])
+    _write_rows(context, where, encoder.encode(texts))
+
+
 def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int = 64, num_workers: int = 4,
                     dtype: str = "float16", device=None, max_batches: int | None = None,
-                    progress: bool = True, repa_encoder=None, threads=None) -> Path:
+                    progress: bool = True, repa_encoder=None, threads=None, text_encoder=None,
+                    captions=None, crop: str | None = None) -> Path:
     """Encode every image of the folder `data` (and its mirror image) into posterior moments under `out`.
 
     `vae`: any diffusers AutoencoderKL or AutoencoderDC (alias, Hub id or directory). `repa_encoder`: a frozen
@@ -98,6 +118,13 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     on a finished one it does nothing. `max_batches` stops each process after that many batches (an interruption
     on purpose). `threads`: torch's CPU threads meanwhile (dico.threads.ThreadPolicy: None leaves them alone, N or
     "auto"). Returns `out`; meta.json in it marks a finished extraction.
+
+    `text_encoder` (a dico.text.TextEncoder or a name for `load_text_encoder`): `data` is a captioned folder (COCO
+    split or metadata.jsonl; `captions` names the annotation file if it is elsewhere) and every caption's token
+    embeddings are stored beside the moments. A bad row (missing image, empty caption list, unreadable JSON) stops
+    the run before anything is written. `crop`: how images are brought to `image_size` (dico.data.folders.CROPS):
+    None is "adm" (ADM's crop, the official release's) for image folders and "uvit" (U-ViT's COCO crop, behind REPA's
+    COCO latents) for captioned data.
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
@@ -106,8 +133,24 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     owns_group = not dist.is_initialized()
     env = setup(device)
     out = Path(out)
-    dataset = ImageFolderDataset(data, image_size, flip=False)
+    if text_encoder is None:
+        if captions is not None:
+            raise ValueError("--captions needs --text-encoder (the captions are stored as its token embeddings)")
+        if crop not in (None, "adm"):
+            raise ValueError(f"--crop {crop}: image folders are cropped as ADM (adm); the U-ViT crop is for "
+                             "captioned data")
+        dataset, captioned, crop = ImageFolderDataset(data, image_size, flip=False), None, "adm"
+    else:
+        crop = "uvit" if crop is None else crop
+        captioned = read_captioned_images(data, captions)
+        dataset = CaptionedImageDataset(captioned, image_size, crop)
     _check_readable(dataset, env)
+    if isinstance(text_encoder, (str, os.PathLike)):
+        from ..text import load_text_encoder
+
+        text_encoder = load_text_encoder(text_encoder, device=env.device)
+    elif text_encoder is not None:
+        text_encoder.to(env.device)
     vae_id = resolve_vae(vae)
     model = load_vae(vae_id, env.device)
     if repa_encoder is not None:
@@ -117,6 +160,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
         "format": LATENT_FORMAT,
         "count": len(dataset),
         "image_size": dataset.image_size,
+        "crop": crop,
         "latent_shape": latent_shape_of(model, dataset.image_size),
         "vae": vae_id,
         "autoencoder": type(model).__name__,
@@ -124,7 +168,8 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
         # the official 0.18215 for the SD-VAE, else the autoencoder's own (used by --latent-norm scale)
         "scale": LATENT_SCALE if is_sd_vae(model) else float(getattr(model.config, "scaling_factor", 1.0) or 1.0),
         "dtype": dtype,
-        "fingerprint": folder_fingerprint(dataset.root, dataset.paths, dataset.labels),
+        "fingerprint": (folder_fingerprint(dataset.root, dataset.paths, dataset.labels) if captioned is None
+                        else captioned.fingerprint()),
         "class_names": dataset.class_names,
         "num_classes": dataset.num_classes,
         "source": str(root),
@@ -134,6 +179,11 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     }
     if repa_encoder is not None:
         plan["repa_layout"] = REPA_LAYOUT
+    plan["text_encoder"] = None if text_encoder is None else text_encoder.to_dict()
+    if text_encoder is not None:
+        plan.update(captions_source=captioned.source, caption_layout=captioned.layout,
+                    num_captions=sum(len(c) for c in captioned.captions),
+                    context_shape=[text_encoder.length, text_encoder.dim], text_layout=TEXT_LAYOUT)
     state = _check_plan(out, plan)
     if state == "done":
         if env.main:
@@ -145,6 +195,8 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     if state == "new" and env.main:
         files = [os.path.relpath(p, dataset.root) for p in dataset.paths]
         create_latent_files(out, dataset.labels, plan["latent_shape"], dtype, files, plan["repa_shape"])
+        if text_encoder is not None:
+            create_text_files(out, captioned.captions, text_encoder.null().cpu().numpy())
         write_json_atomic(out / PLAN, plan)  # last: an extraction without it never started computing
     barrier()
     done = open_done(out)
@@ -152,11 +204,15 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     barrier()  # everyone has read the same to-do list before anyone marks rows done
     moments = open_moments(out, "r+")
     features = open_repa_features(out, "r+") if repa_encoder is not None else None
+    text = None
+    if text_encoder is not None:
+        text = (open_text_context(out, "r+"), np.load(out / CAPTION_OFFSETS), captioned.captions,
+                text_encoder)
     for rows, both in _my_batches(dataset, todo, env, batch_size, num_workers, max_batches, progress, threads):
         mean, std = encode_moments(model, both)
         tokens = repa_encoder(both) if repa_encoder is not None else None
-        _write_batch(moments, done, rows, mean, std, features, tokens)
-    del moments, features
+        _write_batch(moments, done, rows, mean, std, features, tokens, text)
+    del moments, features, text
     barrier()
     if env.main:
         if open_done(out, "r").all():

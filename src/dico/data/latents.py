@@ -9,6 +9,11 @@ A latents directory holds
                ("latent_mean", "latent_std": see `dico.data.vae.latent_statistics`)
   repa_features.npy (N, 2, T, D) float16, only with a REPA encoder: [image, flip, token, feature], the patch tokens
                of the encoder named by meta["repa_encoder"] for the image and its mirror image
+and, only for captioned images extracted with a text encoder (meta["text_encoder"], its TextEncoder.to_dict()):
+  text_context.npy    (M, L, D) float16: the token embeddings of every caption, image by image
+  caption_offsets.npy (N + 1,) int64: image i's captions are rows caption_offsets[i]:caption_offsets[i + 1]
+  captions.jsonl      the caption of each row, one JSON string a line
+  null_context.npy    (L, D) float16: the empty caption's embedding, the null of caption dropout and guidance
 and, while extraction runs, done.npy (N,) bool and extract.json (the settings a resumed run must share); while
 tokens are added to a finished extraction, repa_done.npy and repa_extract.json likewise.
 
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .captions import draw_caption
 from .folders import augment_generator
 from .vae import latent_normalization, latent_statistics
 
@@ -31,6 +37,9 @@ MOMENTS, LABELS, FILES, META = "moments.npy", "labels.npy", "files.txt", "meta.j
 REPA_FEATURES = "repa_features.npy"
 REPA_DONE, REPA_PLAN = "repa_done.npy", "repa_extract.json"  # while tokens are added to a finished extraction
 REPA_DTYPE = "float16"
+TEXT_CONTEXT, CAPTION_OFFSETS, CAPTIONS, NULL_CONTEXT = ("text_context.npy", "caption_offsets.npy", "captions.jsonl",
+                                                       "null_context.npy")
+TEXT_DTYPE = "float16"
 STATISTICS_CHUNK = 1024  # images per read when measuring channel statistics (about 130 MB at 256 px)
 DONE, PLAN = "done.npy", "extract.json"
 STORAGE_DTYPES = ("float16", "float32")
@@ -110,6 +119,33 @@ def channel_statistics(directory) -> tuple:
         sum_z2 += (mean**2 + std**2).sum(axis=(0, 1, 3, 4))
     count = moments.shape[0] * 2 * moments.shape[4] * moments.shape[5]
     return latent_statistics(sum_z, sum_z2, count)
+
+
+def create_text_files(out, captions: list, null_context) -> None:
+    """Preallocate the token embeddings of every caption of `captions` (a list per image) and write what is known
+    before encoding: the offsets, the caption texts and the empty caption's embedding `null_context` (L, D)."""
+    out = Path(out)
+    counts = [len(c) for c in captions]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    context = np.lib.format.open_memmap(out / TEXT_CONTEXT, mode="w+", dtype=TEXT_DTYPE,
+                                        shape=(int(offsets[-1]), *null_context.shape))
+    del context
+    np.save(out / CAPTION_OFFSETS, offsets)
+    np.save(out / NULL_CONTEXT, np.asarray(null_context, dtype=TEXT_DTYPE))
+    (out / CAPTIONS).write_text("".join(json.dumps(text) + "\n" for texts in captions for text in texts),
+                                encoding="utf-8")
+
+
+def open_text_context(directory, mode: str = "r") -> np.memmap:
+    return np.load(Path(directory) / TEXT_CONTEXT, mmap_mode=mode)
+
+
+def read_captions(directory) -> list:
+    """The captions of a text latents folder, a list per image (as caption_offsets groups the rows)."""
+    directory = Path(directory)
+    rows = [json.loads(line) for line in (directory / CAPTIONS).read_text(encoding="utf-8").splitlines()]
+    offsets = np.load(directory / CAPTION_OFFSETS)
+    return [rows[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def open_done(directory, mode: str = "r+", name: str = DONE) -> np.memmap:
@@ -195,3 +231,47 @@ class LatentDataset(torch.utils.data.Dataset):
         if not self.repa_features:
             return latent, label
         return latent, label, torch.from_numpy(np.array(self.features[index, flip], dtype=np.float32))
+
+
+class TextLatentDataset(LatentDataset):
+    """(latent float32 (C, h, w), context float32 (L, D)) from latents extracted with a text encoder: the latent as
+    LatentDataset draws it, and one of the image's captions drawn per visit by a generator keyed by (seed, epoch,
+    index) (dico.data.captions.draw_caption), as its stored token embeddings; with `repa_features` the encoder tokens
+    third. `null_context`: the empty caption's embedding (L, D).
+
+    No mirroring by default: a caption may say "on the left" (U-ViT and REPA train COCO unflipped); `flip=True`
+    draws from the stored mirror images too.
+    """
+
+    def __init__(self, directory, seed: int = 0, flip: bool = False, latent_norm: str | None = None,
+                 repa_features: bool = False):
+        super().__init__(directory, seed=seed, flip=flip, latent_norm=latent_norm, repa_features=repa_features)
+        if not self.meta.get("text_encoder"):
+            raise ValueError(f"{self.directory} holds no caption embeddings; extract them with `dico extract-latents "
+                             "--data CAPTIONED_FOLDER --text-encoder NAME ...`")
+        self.text_encoder = self.meta["text_encoder"]
+        self.offsets = np.load(self.directory / CAPTION_OFFSETS)
+        self.null_context = torch.from_numpy(np.load(self.directory / NULL_CONTEXT).astype(np.float32))
+        self._context = None
+        if len(self.offsets) != len(self) + 1:
+            raise ValueError(f"{self.directory}: {CAPTION_OFFSETS} has {len(self.offsets)} entries for {len(self)} "
+                             "images")
+
+    @property
+    def context(self) -> np.memmap:
+        if self._context is None:
+            self._context = open_text_context(self.directory)
+        return self._context
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_context": None}
+
+    def caption_row(self, index: int) -> int:
+        """The row of text_context (and of captions.jsonl) item `index` carries in this epoch."""
+        first, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        return first + draw_caption(self.seed, self.epoch, index, end - first)
+
+    def __getitem__(self, index):
+        latent, _, *tokens = super().__getitem__(index)
+        context = torch.from_numpy(np.array(self.context[self.caption_row(index)], dtype=np.float32))
+        return (latent, context, *tokens)

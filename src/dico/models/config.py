@@ -50,6 +50,8 @@ def records_config(init):
     @functools.wraps(init)
     def wrapper(self, *, name=None, **kwargs):
         init(self, **kwargs)
+        if type(self).__init__ is not wrapper:  # a subclass's __init__ called this one: the subclass records its own
+            return
         config = resolve_config(type(self), **kwargs)
         self.config = ModelConfig(config)
         self.spec = ModelSpec(name=name, arch=self.arch, config=copy.deepcopy(config))

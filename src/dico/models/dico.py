@@ -11,10 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .embedders import LabelEmbedder, TimestepEmbedder
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
 from .fast_ops import (activation, channel_attention_weights, conv, ffn_chunks, gated_residual, linear, modulated_norm,
                        scale_channels)
 from .guidance import combine_guidance, resolve_guidance_channels
+
 
 CHANNEL_ATTENTIONS = ("cca", "se", "none")
 ACTIVATIONS = ("gelu", "relu")
@@ -52,11 +53,22 @@ class DiCoBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
-        h = activation(self.activation, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift1, scale1))))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)
+        return self.ffn_module(self.conv_module(x, shift1, scale1, gate1), shift2, scale2, gate2)
+
+    # The two halves of the block are methods so that a variant can insert a step between them (the text models of
+    # text_dico.py condition on the prompt after the conv module).
+    def modulation(self, c: torch.Tensor):
+        """shift1, scale1, gate1 (conv module), shift2, scale2, gate2 (FFN) from the conditioning vector."""
+        return linear(self.adaLN_modulation[1], F.silu(c)).chunk(6, dim=1)
+
+    def conv_module(self, x, shift, scale, gate) -> torch.Tensor:
+        h = activation(self.activation, conv(self.conv2, conv(self.conv1, modulated_norm(x, shift, scale))))
         if self.ca is not None:
             h = scale_channels(h, channel_attention_weights(self.ca, h))
-        x = gated_residual(x, gate1, conv(self.conv3, h))
+        return gated_residual(x, gate, conv(self.conv3, h))
+
+    def ffn_module(self, x, shift2, scale2, gate2) -> torch.Tensor:
         h = modulated_norm(x, shift2, scale2)
         chunks = ffn_chunks(h, self.conv4.out_channels)
         if chunks == 1:
@@ -129,12 +141,13 @@ class DiCo(nn.Module):
     """
 
     arch = "dico"
+    label_table = True  # class-label embeddings (y_embedder); variants conditioned otherwise have none
 
     @records_config
     def __init__(self, hidden_size: int = 128, depth=(5, 4, 4, 4, 4), mlp_ratio: float = 2.0, in_channels: int = 4,
                  num_classes: int = 1000, learn_sigma: bool = True, class_dropout_prob: float = 0.1,
                  channel_attention: str = "cca", kernel_size: int = 3, activation: str = "gelu",
-                 se_reduction: int = 4):
+                 se_reduction: int = 4, second_time: bool = False):
         super().__init__()
         depth = list(depth)
         if len(depth) != 5:
@@ -155,7 +168,8 @@ class DiCo(nn.Module):
 
         def stage(width, n):
             return nn.ModuleList(
-                DiCoBlock(width, mlp_ratio, kernel_size, activation, channel_attention, se_reduction) for _ in range(n)
+                self.make_block(width, mlp_ratio, kernel_size, activation, channel_attention, se_reduction)
+                for _ in range(n)
             )
 
         self.x_embedder = OverlapPatchEmbed(in_channels, C)
@@ -163,7 +177,14 @@ class DiCo(nn.Module):
         self.t_embedder_1 = TimestepEmbedder(C)
         self.t_embedder_2 = TimestepEmbedder(2 * C)
         self.t_embedder_3 = TimestepEmbedder(4 * C)
-        self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob) if self.label_table else None
+        # MeanFlow's second time (second_time): the interval r - t through embedders of its own, one per width,
+        # summed with t's. Absent when off, so the official parameter names and checkpoints stay as they are.
+        self.second_time = second_time
+        if second_time:
+            self.r_embedder_1 = TimestepEmbedder(C)
+            self.r_embedder_2 = TimestepEmbedder(2 * C)
+            self.r_embedder_3 = TimestepEmbedder(4 * C)
 
         self.encoder_level_1 = stage(C, depth[0])
         self.down1_2 = Downsample(C)
@@ -201,9 +222,9 @@ class DiCo(nn.Module):
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        for table in self.y_embedder.tables:
+        for table in self.y_embedder.tables if self.y_embedder is not None else ():
             nn.init.normal_(table.weight, std=0.02)
-        for emb in (self.t_embedder_1, self.t_embedder_2, self.t_embedder_3):
+        for emb in self.time_embedders():
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
             nn.init.normal_(emb.mlp[2].weight, std=0.02)
         # adaLN-Zero: every block starts as the identity, and the output starts at zero.
@@ -215,10 +236,18 @@ class DiCo(nn.Module):
         nn.init.zeros_(self.final_layer.out_proj.weight)
         nn.init.zeros_(self.final_layer.out_proj.bias)
 
+    def time_embedders(self):
+        second = (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3) if self.second_time else ()
+        return [self.t_embedder_1, self.t_embedder_2, self.t_embedder_3, *second]
+
+    def make_block(self, width: int, *block_options) -> nn.Module:
+        """One block of a stage of `width` channels (a variant's blocks come from its override)."""
+        return DiCoBlock(width, *block_options)
+
     def blocks(self):
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent, *self.decoder_level_2, *self.decoder_level_1]
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % 4 or x.shape[3] % 4:
@@ -228,43 +257,56 @@ class DiCo(nn.Module):
             raise ValueError(f"t must be a 1-D tensor of {n} timesteps, got shape {tuple(t.shape)}")
         if y.ndim != 1 or y.shape[0] != n:
             raise ValueError(f"y must be a 1-D tensor of {n} labels, got shape {tuple(y.shape)}")
+        check_second_time(self, t, r)
 
-    def conditioning(self, t: torch.Tensor, y: torch.Tensor):
+    def conditioning(self, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None):
         """Per-width conditioning vectors c1 (C), c2 (2C), c3 (4C)."""
         y1, y2, y3 = self.y_embedder(y, self.training)
-        return self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3
+        c = [self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3]
+        if self.second_time:
+            h = interval(t, r)
+            c = [ci + emb(h) for ci, emb in zip(c, (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3))]
+        return c
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: "FeatureCache | None" = None):
-        """`cache` (sampling only) reuses the deep features of an earlier call; see FeatureCache."""
-        self.check_inputs(x, t, y)
-        c1, c2, c3 = self.conditioning(t, y)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: "FeatureCache | None" = None,
+                r: torch.Tensor | None = None):
+        """`cache` (sampling only) reuses the deep features of an earlier call; see FeatureCache. `r` (models with
+        second_time only): the other end of the interval whose average velocity the model predicts (None: r = t,
+        the instantaneous velocity)."""
+        self.check_inputs(x, t, y, r)
+        return self.u_shape(x, self.conditioning(t, y, r), cache)
+
+    def u_shape(self, x: torch.Tensor, conditions, cache: "FeatureCache | None" = None, **block_inputs):
+        """The U-shaped network on the input x given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
+        go to every block as keywords (the text models' prompt tokens)."""
+        c1, c2, c3 = conditions
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))
         for block in self.encoder_level_1:
-            skip1 = block(skip1, c1)
+            skip1 = block(skip1, c1, **block_inputs)
         if cache is not None and cache.hit(1):
             up1 = cache.features
         else:
             skip2 = self.down1_2(skip1)
             for block in self.encoder_level_2:
-                skip2 = block(skip2, c2)
+                skip2 = block(skip2, c2, **block_inputs)
             if cache is not None and cache.hit(2):
                 up2 = cache.features
             else:
                 h = self.down2_3(skip2)
                 for block in self.latent:
-                    h = block(h, c3)
+                    h = block(h, c3, **block_inputs)
                 up2 = self.up3_2(h)
                 if cache is not None:
                     cache.store(2, up2)
             h = conv(self.reduce_chan_level2, torch.cat([up2, skip2], dim=1))
             for block in self.decoder_level_2:
-                h = block(h, c2)
+                h = block(h, c2, **block_inputs)
             up1 = self.up2_1(h)
             if cache is not None:
                 cache.store(1, up1)
         h = conv(self.reduce_chan_level1, torch.cat([up1, skip1], dim=1))
         for block in self.decoder_level_1:
-            h = block(h, c2)
+            h = block(h, c2, **block_inputs)
         return self.final_layer(h, c2).contiguous()  # callers expect a plain NCHW tensor
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, guidance_channels=3, cache: "FeatureCache | None" = None):

@@ -8,7 +8,10 @@ checkpoints store it as that plain dict, so `build_model(spec)` rebuilds the mod
 import difflib
 
 from .dico import DiCo
+from .dico_iso import DiCoIso
 from .dit import DiT
+from .mmdit import MMDiT
+from .text_dico import TextDiCo
 from .config import ModelSpec, config_fields, resolve_config
 
 # Official DiCo sizes (hidden width C, stage depths [enc1, enc2, mid, dec2, dec1], FFN ratio).
@@ -27,13 +30,26 @@ DIT_SIZES = {
     "DiT-L": dict(depth=24, hidden_size=1024, num_heads=16),
     "DiT-XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
-ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT}
+# The paper's text-to-image variants (Table 3), one of each per DiCo size: suffix -> text_conditioning.
+TEXT_VARIANTS = {"DWC": "dwc", "CrossAttn": "cross_attn"}
+ARCHITECTURES = {DiCo.arch: DiCo, DiT.arch: DiT, TextDiCo.arch: TextDiCo, MMDiT.arch: MMDiT, DiCoIso.arch: DiCoIso}
 
 # name -> (arch, the size's constructor arguments)
 MODELS = {name: (DiCo.arch, size) for name, size in DICO_SIZES.items()}
 MODELS.update(
+    {f"{name}-{suffix}": (TextDiCo.arch, dict(size, text_conditioning=kind))
+     for name, size in DICO_SIZES.items() for suffix, kind in TEXT_VARIANTS.items()}
+)
+MODELS.update(
     {f"{name}/{patch}": (DiT.arch, dict(size, patch_size=patch)) for name, size in DIT_SIZES.items() for patch in (2, 4, 8)}
 )
+# SiT (Ma et al., 2024) is DiT trained with flow matching: the same network without the learned variance.
+MODELS.update({f"SiT-{name[4:]}/2": (DiT.arch, dict(size, patch_size=2, learn_sigma=False)) for name, size in DIT_SIZES.items()})
+# The paper's Table 12: DiCo's block in SiT's isotropic stack (DiT's widths and depths, patch 2, flow matching).
+MODELS.update({f"DiCo-Iso-{name[4:]}/2": (DiCoIso.arch, dict(hidden_size=size["hidden_size"], depth=size["depth"],
+                                                            patch_size=2)) for name, size in DIT_SIZES.items()})
+# REPA's text-to-image MMDiT: one name, sized by `depth` (width 32 * depth, depth heads); REPA trains depth 24.
+MODELS["MMDiT"] = (MMDiT.arch, dict(depth=24))
 
 
 def list_models() -> list:

@@ -7,6 +7,7 @@ from string import Template
 
 from ..cache import atomic_write
 from ..checkpoints import load_pretrained
+from ..conditioning import is_text_model
 from ..data import load_vae
 from ..objectives import objective_from_dict
 from ..options import check_new_output
@@ -32,16 +33,26 @@ def default_labels(num_classes: int, class_names=None) -> dict:
     return {str(i): str(i) for i in range(num_classes)}
 
 
-def pipeline_from_network(network, space, vae=None, class_names=None, objective=None) -> DiCoPipeline:
+def pipeline_from_network(network, space, vae=None, class_names=None, objective=None,
+                          text_encoder=None) -> DiCoPipeline:
     """A DiCoPipeline around a dico network and its output space (`dico.sampling.OutputSpace`), sampling with the
     default scheduler of its objective (dico.objectives; a record, or None for the official DDPM); `vae` is the
-    loaded decoder of a latent space (loaded from `space.vae` when None)."""
+    loaded decoder of a latent space (loaded from `space.vae` when None). A text-conditioned network needs its
+    `text_encoder` (a dico.text.TextEncoder: its tower and tokenizer become the pipeline's components)."""
     objective = objective_from_dict(objective)
     if space.vae is not None and vae is None:
         vae = load_vae(space.vae)
+    text = {}
+    if is_text_model(network):
+        if text_encoder is None:
+            raise ValueError(f"{type(network).__name__} is text-conditioned: its pipeline needs the text encoder "
+                             "it was trained with (a dico.text.TextEncoder)")
+        text = dict(text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
+                    text_length=text_encoder.length, text_attention_mask=text_encoder.attention_mask,
+                    text_encoder_name=public_name(text_encoder.name))
     return DiCoPipeline(transformer=as_component(network).eval(), scheduler=objective.scheduler(), vae=vae,
                         id2label=default_labels(network.num_classes, class_names), sample_size=space.resolution,
-                        latent_scale=space.latent_scale, objective=objective.to_dict())
+                        latent_scale=space.latent_scale, objective=objective.to_dict(), **text)
 
 
 def load_pipeline(source, name: str | None = None, vae=None, image_size: int = 256,
@@ -59,7 +70,9 @@ def pipeline_and_checkpoint(source, name=None, vae=None, image_size: int = 256, 
     loaded = load_pretrained(source, name, "ema", image_size, vae, num_classes)
     space = loaded.output_space()
     vae_model = load_vae(space.vae) if space.vae is not None else None
-    pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective)
+    text_encoder = text_encoder_of(loaded.checkpoint, source) if is_text_model(loaded.model) else None
+    pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective,
+                                 text_encoder)
     return pipe, loaded.checkpoint
 
 
@@ -96,6 +109,18 @@ def load_guide_pipeline(pipe: DiCoPipeline, source, name: str | None = None, ima
     guide = load_pipeline(source, name=name, image_size=image_size, num_classes=num_classes)
     check_guide_pipeline(pipe, guide)
     return guide
+
+
+def text_encoder_of(checkpoint: dict, source=""):
+    """The dico.text.TextEncoder a text model's checkpoint records (`text_encoder`: TextEncoder.to_dict()), loaded
+    as recorded; an error naming the file when it records none."""
+    from ..text import TextEncoder
+
+    record = checkpoint.get("text_encoder")
+    if not isinstance(record, dict) or not record.get("name"):
+        raise ValueError(f"{public_name(source) or 'the checkpoint'} holds a text-conditioned model but does not "
+                         "record its text encoder ('text_encoder'); train it with `dico train` on captioned data")
+    return TextEncoder.from_dict(record)
 
 
 def class_names_of(checkpoint: dict):
@@ -163,13 +188,23 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
                       f"`{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith('_')})}`")
     labels = pipe.config.id2label
     example = ", ".join(repr(labels[k].split(",")[0]) for k in list(labels)[:2]) or "0"
+    if pipe.is_text:
+        kind_tag, conditioning = "text-to-image", "timestep through adaLN and on a prompt's token embeddings"
+        condition_line = (f"prompts, encoded by `{type(pipe.text_encoder).__name__}` "
+                          f"(`{pipe.config.text_encoder_name}`) into {pipe.config.text_length} tokens")
+        call = 'images = pipe(prompt=["a photo of a cat", "a red bus"], seed=0).images'
+    else:
+        kind_tag, conditioning = "class-conditional", "timestep and class through adaLN"
+        condition_line = f"{len(labels)} classes"
+        call = f"images = pipe(class_labels=pipe.get_label_ids([{example}]), seed=0).images"
     license_line = (f"{LICENSE} (dico's code). Weights converted from an official release keep that release's "
                     "license." if official_args is not None else f"{LICENSE}")
     template = resources.files(__package__).joinpath("model_card.md").read_text(encoding="utf-8")
     return Template(template).substitute(
         model_name=spec.get("name") or name or type(model).__name__, source=source or "a dico model",
         architecture=type(model).__name__, parameters=f"{parameters / 1e6:.2f}", config=json.dumps(config),
-        space=space, classes=len(labels), objective_line=text["objective_line"],
+        space=space, kind_tag=kind_tag, conditioning=conditioning, condition_line=condition_line, call=call,
+        objective_line=text["objective_line"],
         sampling=text["sampling"] + scheduler_line, recipe=recipe, example=example, same_as=text["same_as"],
         other_schedulers=text["other_schedulers"], license=license_line)
 

@@ -17,16 +17,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import RepaConfig
+from ..models.inputs import example_inputs
 
 DICO_STAGES = ("encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1")
+
+
+def depth_blocks(model) -> list | None:
+    """The blocks REPA's encoder depth counts, or None: a model's `alignment_blocks()` (MMDiT: the image stream of
+    each joint block) or its `blocks` list (DiT)."""
+    if callable(getattr(model, "alignment_blocks", None)):
+        return model.alignment_blocks()
+    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        return list(model.blocks)
+    return None
 
 
 def default_layer(model) -> str:
     if hasattr(model, "encoder_level_2"):
         return "encoder_level_2"
-    if hasattr(model, "blocks") and isinstance(model.blocks, nn.ModuleList):
-        # REPA's choice: 4 for SiT-S/B (12 blocks), 8 for SiT-L/XL (24/28 blocks)
-        return "8" if len(model.blocks) >= 24 else "4"
+    blocks = depth_blocks(model)
+    if blocks is not None:
+        # REPA's choice: 4 for SiT-S/B (12 blocks), 8 for SiT-L/XL (24/28 blocks) and its MMDiT (24)
+        return "8" if len(blocks) >= 24 else "4"
     raise ValueError(f"no default REPA layer for {type(model).__name__}; pass a module name")
 
 
@@ -34,11 +46,12 @@ def feature_module(model, layer: str = "auto") -> nn.Module:
     """The module whose output is aligned. A stage (a list of blocks the model calls one by one, so the list
     itself never runs) stands for its last block; an integer k for a model with `blocks` is its k-th block."""
     layer = default_layer(model) if layer in (None, "", "auto") else str(layer)
-    if layer.isdigit() and isinstance(getattr(model, "blocks", None), nn.ModuleList):
+    blocks = depth_blocks(model)
+    if layer.isdigit() and blocks is not None:
         depth = int(layer)
-        if not 1 <= depth <= len(model.blocks):
-            raise ValueError(f"REPA layer {layer}: the model has blocks 1..{len(model.blocks)}")
-        return model.blocks[depth - 1]
+        if not 1 <= depth <= len(blocks):
+            raise ValueError(f"REPA layer {layer}: the model has blocks 1..{len(blocks)}")
+        return blocks[depth - 1]
     try:
         module = model.get_submodule(layer)
     except AttributeError as err:
@@ -112,15 +125,13 @@ def probe_feature(model, module: nn.Module) -> torch.Tensor:
     """The module's output on one small zero input, in eval mode and without touching the global RNG."""
     captured = []
     handle = module.register_forward_hook(lambda mod, args, out: captured.append(out))
-    size = getattr(model, "input_size", 8)  # DiT is built for one size; DiCo takes any multiple of 4
     param = next(model.parameters())
-    x = torch.zeros(1, model.in_channels, size, size, device=param.device, dtype=param.dtype)
-    t = torch.zeros(1, dtype=torch.long, device=param.device)
-    y = torch.zeros(1, dtype=torch.long, device=param.device)
+    # DiT and MMDiT at the size they are built for; DiCo takes any multiple of 4
+    x, t, cond = example_inputs(model, 1, device=param.device, dtype=param.dtype)
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[]):
-            model.eval()(x, t, y)
+            model.eval()(x, t, **cond.model_kwargs())
     finally:
         handle.remove()
         model.train(was_training)

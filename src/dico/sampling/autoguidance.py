@@ -3,7 +3,7 @@
 A guide is any checkpoint the main model could be: ours, an official file, a Hub file. Guidance mixes the two
 models' predictions of the same noisy sample, so what they predict must mean the same thing: the same objective
 (the same noise process or path: the same record), the same output space (channels, resolution, latent statistics)
-and the same classes. Size, depth, training length and dtype may differ: that is the point.
+and the same classes (or text encoder). Size, depth, training length and dtype may differ: that is the point.
 """
 
 from ..checkpoints import CheckpointError, Pretrained, load_pretrained
@@ -31,6 +31,10 @@ def check_guide(main: Pretrained, guide: Pretrained) -> None:
     names, guide_names = main.checkpoint.get("class_names"), guide.checkpoint.get("class_names")
     if names and guide_names and list(names) != list(guide_names):  # files that record none (official) pass
         raise differs("the class names", names[:5], guide_names[:5])
+    encoder, guide_encoder = main.checkpoint.get("text_encoder"), guide.checkpoint.get("text_encoder")
+    if isinstance(encoder, dict) and isinstance(guide_encoder, dict) and \
+            encoder.get("name") != guide_encoder.get("name"):  # the prompts must mean the same to both
+        raise differs("the text encoder", encoder.get("name"), guide_encoder.get("name"))
     try:
         check_guide_model(main.model, guide.model)
     except ValueError as err:

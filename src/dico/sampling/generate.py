@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..conditioning import Conditioning, class_labels
 from ..data import OutputSpace, load_vae
-from ..images import save_grid, to_uint8, write_npz
+from ..images import PROMPTS_KEY, save_grid, to_uint8, write_npz
 from ..config import SamplingOptions
 from ..config.sampling import check_out_suffix
 from ..options import check_class_ids, check_new_output
@@ -131,7 +131,7 @@ def finished_settings(path) -> dict | None:
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
                   run_info: dict | None = None, objective=None, overwrite: bool = False, threads=None,
-                  guide=None, labels: str = "random") -> Path | None:
+                  prompts=None, guide=None, labels: str = "random") -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -140,6 +140,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     An existing `out` sampled with the same settings is reported complete; any other is refused unless `overwrite`,
     and then replaced at the end in one rename.
     `threads`: torch's CPU threads while sampling (dico.threads.ThreadPolicy: None leaves them alone, N or "auto").
+    `prompts` (text models): a dico.sampling.prompts.PromptConditions giving image i its prompt; the file then holds
+    a unicode `prompts` array aligned with arr_0 instead of class labels (arr_1).
     `guide`: a guide model (autoguidance; its weights are part of the settings); `labels`: "random" or "balanced"
     (see image_labels) when `classes` is not given.
     """
@@ -159,6 +161,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
                                       "weights": weights_digest(model),
                                       **({"guide_weights": weights_digest(guide)} if guide is not None else {}),
                                       **({"labels": labels} if labels != "random" else {}),
+                                      **({} if prompts is None else prompts.record(num_samples)),
                                       **(run_info or {})}))
     if out.exists() and not overwrite:
         finished = finished_settings(out)
@@ -192,8 +195,9 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
         for k in tqdm(todo, disable=not progress, desc=f"sampling (rank {rank})", unit="batch"):
             cpu_threads()
             indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
-            batch_labels = image_labels(indices, model.num_classes, options.seed, classes, labels)
-            images = generate(model, space, indices, batch_labels, options, device, vae=vae, objective=objective,
+            cond = prompts(indices) if prompts is not None else image_labels(indices, model.num_classes,
+                                                                              options.seed, classes, labels)
+            images = generate(model, space, indices, cond, options, device, vae=vae, objective=objective,
                               guide=guide)
             tmp = parts / f".{k:06d}.tmp.npz"
             np.savez(tmp, images=images)
@@ -203,8 +207,10 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
         return None
     files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
     all_labels = image_labels(range(num_samples), model.num_classes, options.seed, classes, labels).numpy()  # keyed
+    extra = {SETTINGS_KEY: np.array(json.dumps(settings))}
+    if prompts is not None:  # image i's prompt, as unicode (np.str_), for CLIP score and per-prompt evaluation
+        all_labels, extra[PROMPTS_KEY] = None, np.array(prompts.prompts_of(range(num_samples)), dtype=np.str_)
     image_shape = np.load(files[0])["images"].shape[1:]
-    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, all_labels,
-              extra={SETTINGS_KEY: np.array(json.dumps(settings))})
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, all_labels, extra=extra)
     shutil.rmtree(parts)
     return out

@@ -74,14 +74,16 @@ class GuideModel:
         dtype = next(guide.parameters()).dtype
         noise = model.in_channels
 
-        def outputs(x, t, **extra):
+        def outputs(x, t, cache=None, **extra):
             # Each model runs on the n images alone (not a 2n batch as CFG does): the main model's call is the
-            # unguided call, so a guide that is the main model gives the unguided output bit for bit. `extra` (the
-            # DeepCache of the main model) is the main model's: the guide always runs in full.
-            half, t_half = x[: len(x) // 2], t[: len(x) // 2]
-            good = model(half, t_half, **kwargs, **extra)
-            bad = guide(half.to(dtype), t_half, **cast_floats(kwargs, dtype))[:, :noise].to(good.dtype)
-            return good, torch.cat([bad, good[:, noise:]], dim=1)
+            # unguided call, so a guide that is the main model gives the unguided output bit for bit. `cache` (the
+            # DeepCache of the main model) is the main model's: the guide always runs in full. `extra` (per-sample
+            # inputs laid out as t: MeanFlow's r) goes to both.
+            n = len(x) // 2
+            half, t_half, per_sample = x[:n], t[:n], {k: v[:n] for k, v in extra.items()}
+            good = model(half, t_half, **kwargs, **per_sample, **({} if cache is None else {"cache": cache}))
+            bad = guide(half.to(dtype), t_half, **cast_floats(kwargs, dtype), **per_sample)[:, :noise]
+            return good, torch.cat([bad.to(good.dtype), good[:, noise:]], dim=1)
 
         return outputs
 
@@ -195,22 +197,23 @@ class Denoiser:
     def combine(self, cond, weak):
         return combine_guidance(cond, weak, self.guidance.scale, self.channels)
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **extra):
+        """`extra`: per-sample model inputs beside t (MeanFlow's second time r), laid out as t."""
         if self.cache is not None:
-            return self.cached(x, t)
+            return self.cached(x, t, **extra)
         if not self.guidance.active:
-            return self.model(x, t, **self.kwargs)
+            return self.model(x, t, **self.kwargs, **extra)
         if self.guidance.everywhere:
-            return self.guided(x, t)
+            return self.guided(x, t, **extra)
         lo, hi = self.guidance.interval
         if lo <= self.flow_time(float(t.flatten()[0])) <= hi:
-            return self.guided(x, t)
+            return self.guided(x, t, **extra)
         # Outside the interval the conditional half alone runs and stands for both halves.
         n = len(x) // 2
-        out = self.model(x[:n], t[:n], **self.kwargs)
+        out = self.model(x[:n], t[:n], **self.kwargs, **{k: v[:n] for k, v in extra.items()})
         return torch.cat([out, out])
 
-    def cached(self, x, t):
+    def cached(self, x, t, **extra):
         """DeepCache: refresh calls run the full network and keep the deep features; the calls between recompute the
         outer level(s) only. With guidance, cached calls run the conditional half and take the weak output as
         cond - (cond - weak of the last full call), which costs about a quarter of a full guided call."""
@@ -218,14 +221,14 @@ class Denoiser:
         self.calls += 1
         self.cache.refresh = refresh
         if not self.guidance.active:
-            return self.model(x, t, **self.kwargs, cache=self.cache)
+            return self.model(x, t, **self.kwargs, **extra, cache=self.cache)
         n, c = len(x) // 2, self.channels
         if refresh or not self.cache_options.reuse_guidance:
-            cond, weak = self.outputs(x, t, cache=self.cache)
+            cond, weak = self.outputs(x, t, **extra, cache=self.cache)
             self.direction = cond[:, :c] - weak[:, :c]
             return self.combine(cond, weak)
         half_cache = FeatureCache(self.cache.depth, refresh=False, features=self.cache.features[:n])
-        cond = self.model(x[:n], t[:n], **self.kwargs, cache=half_cache)
+        cond = self.model(x[:n], t[:n], **self.kwargs, **{k: v[:n] for k, v in extra.items()}, cache=half_cache)
         weak = torch.cat([cond[:, :c] - self.direction, cond[:, c:]], dim=1)
         return self.combine(cond, weak)
 

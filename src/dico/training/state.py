@@ -33,7 +33,8 @@ def recorded(**options):
 class TrainingState:
     """The live modules and optimizer, the step counters and the run's records, as one checkpoint.
 
-    `repa` and `repa_projector` are set on REPA runs only; without them the checkpoint has neither key.
+    `repa` and `repa_projector` are set on REPA runs only; without them the checkpoint has neither key. Likewise
+    `text_encoder` and `null_context` on text runs only: what sampling needs to embed prompts as training did.
     """
 
     model: torch.nn.Module = restored()
@@ -50,8 +51,11 @@ class TrainingState:
     world: int = recorded()  # provenance: how many processes trained it
     repa: dict | None = recorded(default=None)  # the REPA configuration
     repa_projector: torch.nn.Module | None = restored(default=None)  # lives beside the model, never in its weights
+    text_encoder: dict | None = recorded(default=None)  # text runs: the encoder's record (TextEncoder.from_dict)
+    null_context: torch.Tensor | None = recorded(default=None)  # text runs: the empty caption's tokens, guidance's null
+    phema: "PowerEMA | None" = restored(default=None)  # the tracked power-function EMAs (--phema-stds)
 
-    OPTIONAL = ("repa", "repa_projector")  # written only when set
+    OPTIONAL = ("repa", "repa_projector", "text_encoder", "null_context", "phema")  # written only when set
 
     def state_dict(self) -> dict:
         checkpoint = {"format": CHECKPOINT_FORMAT}
@@ -91,6 +95,8 @@ class TrainingState:
                                   f"fingerprint {str(self.data['fingerprint'])[:12]})")
         if self.repa_projector is not None and "repa_projector" not in checkpoint:
             raise CheckpointError(f"{source} was trained without REPA; resume it without --repa-encoder")
+        if self.phema is not None and "phema" not in checkpoint:  # a profile's average starts at step 0
+            raise CheckpointError(f"{source} tracked no power-function EMAs; resume it without --phema-stds")
 
 
 @dataclass
