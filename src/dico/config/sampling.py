@@ -97,6 +97,11 @@ class SampleConfig(SamplingOptions):
     vae: str | None = None  # ema | mse | a local VAE directory (latent models)
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
     """Class ids, cycled (None: random classes)."""
+    labels: Literal["random", "balanced"] = "random"
+    """Without --classes: a keyed random class per image, or balanced (exactly N / classes images of each class)."""
+    guide_ckpt: str | None = None
+    """Autoguidance: a weaker checkpoint (same objective, space, classes) that --cfg-scale guides away from."""
+    guide_model: str | None = None  # the guide's model name (None: recorded in ours, inferred from official weights)
     prompt: Annotated[tuple[str, ...], UseAppendAction] = ()
     """Text models: a prompt (repeat the flag for more; image i gets prompt i mod their number)."""
     prompts_file: str | None = None  # text models: a file of prompts, one per line, cycled as --prompt
@@ -123,6 +128,8 @@ class SampleConfig(SamplingOptions):
             raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
         if self.classes is not None:
             self.classes = tuple(check_class_ids(self.classes))
+        if self.guide_model is not None and self.guide_ckpt is None:
+            raise ValueError("--guide-model names the model of --guide-ckpt; give --guide-ckpt too")
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
             check_out_suffix(self.out)  # where --out may go is checked by dico.sampling.sample: one line
 

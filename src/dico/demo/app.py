@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..config import SamplingOptions
 from ..options import check_int, check_number
-from ..pipelines import DiCoPipeline, load_pipeline
+from ..pipelines import DiCoPipeline, check_guide_pipeline, load_guide_pipeline, load_pipeline
 
 MAX_IMAGES = 64  # per click: sampling runs on whatever device the server has, often a CPU
 MAX_STEPS = 1000
@@ -54,9 +54,9 @@ def sampler_pipelines(pipe: DiCoPipeline) -> dict:
 
 
 def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, sampler, seed, random_seed,
-                    progress=None):
+                    progress=None, guide=None):
     """(gallery [(image, caption)], status text) for the page. A bad field raises gr.Error with one line saying what
-    to change (no traceback), and the server's log gets that line too."""
+    to change (no traceback), and the server's log gets that line too. `guide`: a guide transformer (autoguidance)."""
     try:
         labels, guidance_scale, steps, seed = checked_request(pipes, classes, per_class, guidance_scale, steps,
                                                               sampler, seed, random_seed)
@@ -73,11 +73,12 @@ def generate_images(pipes: dict, classes, per_class, guidance_scale, steps, samp
 
     start = time.perf_counter()
     images = pipe(labels, guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
-                  callback_on_step_end=report).images
+                  callback_on_step_end=report, guide_transformer=guide).images
     seconds = time.perf_counter() - start
     names = class_choices(pipe)
     gallery = [(enlarge(image), names[label]) for image, label in zip(images, labels)]
-    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, guidance {guidance_scale:g}, "
+    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, "
+              f"{'autoguidance' if guide is not None else 'guidance'} {guidance_scale:g}, "
               f"seed {seed} (image i of this click is reproduced by `seed={seed}` with the same labels)")
     return gallery, status
 
@@ -141,7 +142,7 @@ def checked_text_request(pipes: dict, prompts, per_prompt, guidance_scale, steps
 
 
 def generate_text_images(pipes: dict, prompts, per_prompt, guidance_scale, steps, sampler, seed, random_seed,
-                         progress=None):
+                         progress=None, guide=None):
     """generate_images for a text model: (gallery [(image, its prompt)], status text)."""
     try:
         prompts, guidance_scale, steps, seed = checked_text_request(pipes, prompts, per_prompt, guidance_scale,
@@ -158,10 +159,11 @@ def generate_text_images(pipes: dict, prompts, per_prompt, guidance_scale, steps
 
     start = time.perf_counter()
     images = pipes[sampler](prompt=prompts, guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
-                            callback_on_step_end=report).images
+                            callback_on_step_end=report, guide_transformer=guide).images
     seconds = time.perf_counter() - start
     gallery = [(enlarge(image), prompt) for image, prompt in zip(images, prompts)]
-    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, guidance {guidance_scale:g}, "
+    status = (f"{len(images)} images in {seconds:.1f} s, {sampler}, {steps} steps, "
+              f"{'autoguidance' if guide is not None else 'guidance'} {guidance_scale:g}, "
               f"seed {seed} (image i of this click is reproduced by `seed={seed}` with the same prompts)")
     return gallery, status
 
@@ -187,14 +189,24 @@ def visitor_words(message: str) -> str:
     return label + message[match.end():] if label else message
 
 
-def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=None) -> gr.Blocks:
+def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=None, guide=None,
+               guide_name: str | None = None) -> gr.Blocks:
     """The demo page for a DiCoPipeline, a pipeline folder or any checkpoint `dico sample` reads (official ones need
-    the model `name`, e.g. "DiCo-XL"; `vae` overrides a latent model's decoder)."""
+    the model `name`, e.g. "DiCo-XL"; `vae` overrides a latent model's decoder). `guide` (a DiCoPipeline, folder or
+    checkpoint; official ones are inferred or named by `guide_name`) makes the guidance scale autoguidance."""
     pipe = pipeline_or_source
     if not isinstance(pipe, DiCoPipeline):
         pipe = load_pipeline(pipeline_or_source, name=name, vae=vae)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = pipe.to(device)
+    guide_model = None
+    if guide is not None:
+        if isinstance(guide, DiCoPipeline):
+            check_guide_pipeline(pipe, guide)
+            guide_pipe = guide
+        else:
+            guide_pipe = load_guide_pipeline(pipe, guide, guide_name)
+        guide_model = guide_pipe.transformer.to(device)
     pipes = sampler_pipelines(pipe)
     for each in pipes.values():
         each.set_progress_bar_config(disable=True)
@@ -203,7 +215,8 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
     generate = generate_text_images if text else generate_images
 
     def run(condition, per_condition, guidance_scale, steps, sampler, seed, random_seed, progress=gr.Progress()):
-        return generate(pipes, condition, per_condition, guidance_scale, steps, sampler, seed, random_seed, progress)
+        return generate(pipes, condition, per_condition, guidance_scale, steps, sampler, seed, random_seed, progress,
+                        guide_model)
 
     if text:
         title = "text-to-image"
@@ -215,7 +228,9 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
     with gr.Blocks(title="DiCo demo", analytics_enabled=False) as demo:  # a local page: nothing sent anywhere
         gr.Markdown(f"# DiCo: {title}\n`{type(model).__name__}` "
                     f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), {conditioned}, "
-                    f"{'latent' if pipe.vae is not None else 'pixel'} space, running on {device}.")
+                    f"{'latent' if pipe.vae is not None else 'pixel'} space, running on {device}." +
+                    ("" if guide_model is None else f" Guidance is autoguidance by `{type(guide_model).__name__}` "
+                     f"({sum(p.numel() for p in guide_model.parameters()) / 1e6:.2f}M parameters)."))
         with gr.Row():
             with gr.Column(scale=1):
                 if text:  # a text model has no classes to pick: a box of prompts instead
@@ -247,13 +262,14 @@ def build_demo(pipeline_or_source, device=None, name: str | None = None, vae=Non
 
 
 def launch(source, port: int = 7860, host: str = "127.0.0.1", device=None, name: str | None = None, vae=None,
-           share: bool = False, prevent_thread_lock: bool = False, **launch_kwargs) -> gr.Blocks:
+           share: bool = False, prevent_thread_lock: bool = False, guide=None, guide_name: str | None = None,
+           **launch_kwargs) -> gr.Blocks:
     """Serve the demo for a checkpoint or pipeline folder at http://host:port; blocks until stopped unless
     `prevent_thread_lock` (then `demo.close()` stops it). A port in use is an OSError naming --port, raised before
     the model is loaded. Gradio's start-up chatter is left out (quiet): its advice to set share=True does not apply
     to `dico demo`, which has no such flag; the address is printed once."""
     check_port_free(host, port)
-    demo = build_demo(source, device, name=name, vae=vae)
+    demo = build_demo(source, device, name=name, vae=vae, guide=guide, guide_name=guide_name)
     try:
         demo.queue().launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
                             **{"quiet": True, **launch_kwargs})

@@ -13,6 +13,7 @@ from ..conditioning import is_text_model
 from ..data import load_vae
 from ..objectives import objective_from_dict
 from ..options import check_new_output
+from ..sampling.guided import check_guide_model
 from .models import as_component
 from .pipeline import DiCoPipeline
 
@@ -93,6 +94,41 @@ def pipeline_and_checkpoint(source, name=None, vae=None, image_size: int = 256, 
     pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective,
                                  text_encoder, loaded.checkpoint.get("null_context") if text_encoder else None)
     return pipe, loaded.checkpoint
+
+
+def check_guide_pipeline(pipe: DiCoPipeline, guide: DiCoPipeline) -> None:
+    """Refuse, in one line naming what differs, a guide pipeline whose transformer cannot autoguide `pipe`'s: the
+    same objective, sample size, latent or pixel space and latent scale, classes (names too, when both have them)
+    and input channels (dico.sampling.autoguidance.check_guide does the same for checkpoints)."""
+    def facts(p):
+        return {"objective": objective_from_dict(p.config.get("objective")).to_dict(),
+                "sample size": p.config.sample_size, "space": "latents" if p.vae is not None else "pixels",
+                "latent scale": p.config.latent_scale}
+
+    ours, theirs = facts(pipe), facts(guide)
+    for what in ours:
+        if ours[what] != theirs[what]:
+            raise ValueError(f"the guide cannot guide this model: the {what} differs ({theirs[what]} vs {ours[what]})")
+    try:
+        check_guide_model(pipe.transformer, guide.transformer)
+    except ValueError as err:
+        raise ValueError(f"the guide cannot guide this model: {err}") from None
+    # Names a checkpoint records are compared; the numbers a pipeline makes up for a file without any are not.
+    plain = {str(i): str(i) for i in range(pipe.transformer.num_classes)}
+    names, guide_names = dict(pipe.config.id2label or {}), dict(guide.config.id2label or {})
+    if names not in ({}, plain) and guide_names not in ({}, plain) and names != guide_names:
+        first = next(k for k in names if names[k] != guide_names.get(k))
+        raise ValueError(f"the guide cannot guide this model: the class names differ (class {first}: "
+                         f"{guide_names.get(first)!r} vs {names[first]!r})")
+
+
+def load_guide_pipeline(pipe: DiCoPipeline, source, name: str | None = None, image_size: int = 256,
+                        num_classes: int | None = None) -> DiCoPipeline:
+    """The pipeline of a guide (a folder or any checkpoint `load_pipeline` reads), checked against `pipe`; pass its
+    `transformer` as `pipe(..., guide_transformer=...)`."""
+    guide = load_pipeline(source, name=name, image_size=image_size, num_classes=num_classes)
+    check_guide_pipeline(pipe, guide)
+    return guide
 
 
 def text_encoder_of(checkpoint: dict, source=""):

@@ -36,7 +36,7 @@ from ..objectives import objective_from_dict
 from ..options import (check_class_ids, check_guidance_channels, check_guidance_scale, check_seed, check_steps,
                        honour_umask)
 from ..randomness import PURPOSES, keyed_generator
-from ..sampling.guided import Denoiser, Guidance, keyed_noise, keyed_step_noise
+from ..sampling.guided import ClassifierFree, Denoiser, GuideModel, Guidance, keyed_noise, keyed_step_noise
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 # A pipeline folder names this file in model_index.json, so that diffusers' generic loader can find DiCoPipeline.
@@ -264,7 +264,8 @@ class DiCoPipeline(DiffusionPipeline):
     def __call__(self, class_labels=None, guidance_scale: float = 1.5, num_inference_steps: int = 250,
                  generator=None, seed: int | None = None, guidance_channels: int | str = 3,
                  output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None, sigmas=None,
-                 prompt=None, negative_prompt: str | None = None):
+                 prompt=None, negative_prompt: str | None = None,
+                 guide_transformer=None):
         """Images of `class_labels` (one per label: ids, or names from `id2label`), or for a text-conditioned model
         of `prompt` (one string per image; also taken as the first argument) with `negative_prompt` (default the
         empty caption) as the null guidance contrasts with.
@@ -278,6 +279,10 @@ class DiCoPipeline(DiffusionPipeline):
         callback_on_step_end(pipe, step, timestep, {"latents": x}): called after every step (e.g. progress).
         sigmas: custom sigmas for schedulers whose set_timesteps takes them (the flow-matching ones; one per step,
             num_inference_steps is then their number): `flow_sigmas(N)` gives dico's uniform Euler grid.
+        guide_transformer: autoguidance (Karras et al. 2024): guidance_scale then guides away from this weaker
+            model (smaller or less trained, same objective, space and classes, on the same device; any dtype)
+            given the same labels, instead of from the null class; e.g. the transformer of
+            `load_pipeline(guide)`, checked by `check_guide_pipeline(pipe, guide_pipe)`.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -294,7 +299,9 @@ class DiCoPipeline(DiffusionPipeline):
         device = self._execution_device
         cond = self.condition(class_labels, prompt, negative_prompt, device)
         n, channels, size = len(cond), model.config.in_channels, self.config.sample_size
-        denoiser = Denoiser(model, cond, Guidance(guidance_scale, guidance_channels))  # refuses what cannot be guided
+        strategy = ClassifierFree() if guide_transformer is None else GuideModel(guide_transformer)
+        # Refuses what cannot be guided: a model without a null class, a guide whose input does not fit.
+        denoiser = Denoiser(model, cond, Guidance(guidance_scale, guidance_channels, strategy=strategy))
         objective = self.objective
         objective.check_scheduler(self.scheduler)
         if sigmas is not None:
