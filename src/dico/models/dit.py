@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .config import records_config
 from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
-from .fast_ops import conv, forward_ad_active, linear
+from .fast_ops import attention, conv, linear
 from .guidance import combine_guidance, resolve_guidance_channels
 
 
@@ -40,14 +40,6 @@ class PatchEmbed(nn.Module):
         return conv(self.proj, x).flatten(2).transpose(1, 2)  # (N, T, D)
 
 
-def math_attention(q, k, v):
-    """softmax(q k^T / sqrt(d)) v written out: PyTorch's fused attention kernels have no forward-mode derivative
-    (pytorch issue 128971), so a Jacobian-vector product through DiT (MeanFlow's target) runs this instead, at
-    the memory cost of the full attention matrix."""
-    weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
-    return weights @ v
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -58,10 +50,7 @@ class Attention(nn.Module):
     def forward(self, x):
         n, t, d = x.shape
         q, k, v = linear(self.qkv, x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        if forward_ad_active():
-            x = math_attention(q, k, v)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v)
         return linear(self.proj, x.transpose(1, 2).reshape(n, t, d))
 
 

@@ -42,6 +42,16 @@ def forward_ad_active() -> bool:
     return torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (N, heads, tokens, d): PyTorch's fused kernel, or, under forward-mode AD (the
+    fused kernels have no forward derivative, pytorch issue 128971; MeanFlow's JVP target needs one), the same formula
+    written out, at the memory cost of the full attention matrix. The compiler's tracer sees plain tensors and keeps
+    the fused kernel."""
+    if forward_ad_active() and not torch.compiler.is_compiling():
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 def autocast_dtype(device_type: str):
     """The dtype autocast computes in on this device type, or None when autocast is off (or has no such device, e.g.
     "meta")."""

@@ -17,11 +17,10 @@ kernel, the attention heads and the norms.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd import forward_ad as forward_ad_api
 
 from .config import records_config
 from .dico import DiCo, DiCoBlock
-from .fast_ops import conv, eager_inference, linear, nchw, nhwc
+from .fast_ops import attention, conv, eager_inference, linear, nchw, nhwc
 
 TEXT_CONDITIONINGS = ("dwc", "cross_attn")
 KERNEL_NORMS = ("l1", "softmax", "sqrt", "none")
@@ -70,20 +69,6 @@ def per_sample_depthwise(h: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor
     weight = kernels.reshape(n * channels, 1, k, k).to(h.dtype)
     out = F.conv2d(h.reshape(1, n * channels, height, width), weight, padding=k // 2, groups=n * channels)
     return out.view(n, channels, height, width)
-
-
-def forward_ad(t: torch.Tensor) -> bool:
-    """Whether `t` carries a forward-mode tangent: inside torch.func.jvp (a functorch-wrapped tensor) or a dual
-    tensor of torch.autograd.forward_ad."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t) or forward_ad_api.unpack_dual(t).tangent is not None
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over (N, heads, tokens, d): the fused kernel, or under forward-mode AD (which the
-    fused CPU kernel does not implement; jvp-based objectives need it) the same formula written out."""
-    if not torch.compiler.is_compiling() and any(forward_ad(a) for a in (q, k, v)):  # (the tracer sees plain ones)
-        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 def residual(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
