@@ -499,11 +499,12 @@ def atomic_save(obj, path) -> None:
         raise
 
 
-def remove_stale_temp_files(directory) -> list:
-    """Delete the temporary parts that saves killed mid-write left in `directory` (atomic_save's `.NAME.*.tmp`);
-    call it only where no save is under way. Returns what was removed."""
+def remove_stale_temp_files(directory, pattern: str = ".*.tmp") -> list:
+    """Delete the temporary parts that saves killed mid-write left in `directory` (atomic_save's `.NAME.*.tmp`; or
+    those `pattern` names, e.g. dico.cache.atomic_write's `.*.partial`); call it only where no save is under way.
+    Returns what was removed."""
     directory = Path(directory)
-    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    stale = sorted(directory.glob(pattern)) if directory.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -85,6 +85,18 @@ class DiCoBlock(nn.Module):
         return conv(self.conv5, activation(self.activation, conv(self.conv4, h)))
 
 
+def conv_weights_channels_last(model: nn.Module, blocks) -> None:
+    """On channels-last maps, the gradients of 1x1 and depthwise convolution weights come out with channels-last
+    strides: the same memory order as NCHW for those shapes, other strides on the size-1 dims. Autograd keeps them as
+    they are, and DDP, whose gradient buckets take each parameter's strides, then copies every one with a warning.
+    Giving those weights the channels-last strides makes the layouts agree (their values and memory stay as they
+    are). The channel-attention convolutions of `blocks` act on a vector of channel means, as linear layers: left."""
+    attention = {p for block in blocks if block.ca is not None for p in block.ca.parameters()}
+    for p in model.parameters():
+        if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
+            p.data = p.data.to(memory_format=torch.channels_last)
+
+
 class OverlapPatchEmbed(nn.Module):
     """3x3 conv stem (stride 1): no patchification."""
 
@@ -200,15 +212,7 @@ class DiCo(nn.Module):
         self.decoder_level_1 = stage(2 * C, depth[4])
         self.final_layer = FinalLayer(2 * C, self.out_channels)
         self.initialize_weights()
-        # On channels-last maps, the gradients of 1x1 and depthwise convolution weights come out with channels-last
-        # strides: the same memory order as NCHW for those shapes, other strides on the size-1 dims. Autograd keeps
-        # them as they are, and DDP, whose gradient buckets take each parameter's strides, then copies every one with
-        # a warning. Giving those weights the channels-last strides makes the layouts agree (their values and memory
-        # stay as they are). The channel-attention convolutions act on a vector of channel means, as linear layers.
-        attention = {p for block in self.blocks() if block.ca is not None for p in block.ca.parameters()}
-        for p in self.parameters():
-            if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
-                p.data = p.data.to(memory_format=torch.channels_last)
+        conv_weights_channels_last(self, self.blocks())
 
     def initialize_weights(self):
         def basic(module):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import CheckpointError, atomic_save, save_safetensors
+from ..checkpoints import CheckpointError, atomic_save, remove_stale_temp_files, save_safetensors
 from ..config.training import check_phema_stds
 
 SNAPSHOT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -181,11 +181,7 @@ def write_snapshots(phema: PowerEMA, model, step: int, folder, dtype: str, spec:
 def remove_partial_snapshots(folder) -> list:
     """Delete the parts of snapshot writes that a kill cut short (dico.cache.atomic_write's `.NAME.PID.partial`);
     call it only where no write is under way. Returns what was removed."""
-    folder = Path(folder)
-    stale = sorted(folder.glob(".*.partial")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return remove_stale_temp_files(folder, ".*.partial")
 
 
 @dataclass(frozen=True)
