@@ -31,7 +31,7 @@ CACHE_VARIABLES = {
     "TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton", "CUDA_CACHE_PATH": "nv",
 }
 # Paths a user may set relative to where pytest started; tests change directory, so they are made absolute.
-PATH_VARIABLES = ("DICO_OFFICIAL", "SIT_PATH", "REPA_PATH", "DICO_DEMO_CKPT", "DICO_TEST_ARTIFACTS")
+PATH_VARIABLES = ("DICO_OFFICIAL", "SIT_PATH", "REPA_PATH", "DICO_DEMO_CKPT", "DICO_TEST_ARTIFACTS", "EDM2_PATH")
 PATH_LIST_VARIABLES = ("PYTHONPATH",)
 # Modules that read some of the variables above once, when first imported.
 READ_ON_IMPORT = ("torch", "huggingface_hub", "diffusers", "gradio", "gradio_client", "matplotlib", "triton")

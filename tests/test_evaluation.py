@@ -241,6 +241,30 @@ def test_reference_with_statistics_only_gives_fid_but_no_precision_recall(image_
     assert "unavailable" in result.format()
 
 
+def test_reference_with_mu_and_sigma_only_gives_fid_without_sfid(image_sets, inception_weights, tmp_path):
+    """The shape of U-ViT's fid_stats_mscoco256_val.npz (REPA's COCO reference): FID's statistics and nothing else."""
+    stats, delta, _ = _shifted_statistics(image_sets, inception_weights)
+    np.savez(tmp_path / "fid_stats.npz", mu=stats["pool"].mu + delta, sigma=stats["pool"].sigma)
+    result = evaluate(tmp_path / "fid_stats.npz", image_sets["samples"], inception_weights=inception_weights,
+                      device="cpu", progress=False)  # fmt: skip
+    assert result.fid == pytest.approx(delta @ delta, rel=1e-6) and result.sfid is None
+    assert any("sFID unavailable" in note for note in result.notes) and "sFID             unavailable" in result.format()
+    np.savez(tmp_path / "spatial_only.npz", mu_s=stats["spatial"].mu, sigma_s=stats["spatial"].sigma)
+    with pytest.raises(ValueError, match="holds neither images nor mu and sigma"):
+        evaluate(tmp_path / "spatial_only.npz", image_sets["samples"], inception_weights=inception_weights,
+                 device="cpu", progress=False)  # fmt: skip
+
+
+def test_text_to_image_samples_are_told_coco_s_sample_counts(image_sets, inception_weights, ours, tmp_path):
+    assert any("use 50000" in note for note in ours.notes)
+    prompted = tmp_path / "prompted.npz"
+    np.savez(prompted, image_sets["sample_images"], prompts=np.array([f"prompt {i}" for i in range(NUM_IMAGES)]))
+    result = evaluate(image_sets["ref"], prompted, inception_weights=inception_weights, device="cpu", progress=False)
+    assert result.fid == pytest.approx(ours.fid, rel=1e-9)
+    assert any("one sample per val2014 image (40504) or for 30000" in note for note in result.notes)
+    assert not any("50000" in note for note in result.notes)
+
+
 def test_sfid_spatial_features_are_cached_as_statistics_only(image_sets, ours):
     (cache,) = image_sets["samples"].parent.glob("samples.npz.*.inception-*.features.npz")
     with np.load(cache) as data:

@@ -234,8 +234,10 @@ def test_checkpoint_specs_written_before_the_registry_split_still_build():
         "learn_sigma": True, "class_dropout_prob": 0.1, "channel_attention": "cca", "kernel_size": 3,
         "activation": "gelu", "se_reduction": 4}}
     model = dico.models.build_model(old)
-    assert model.spec == old and model.in_channels == 1
-    assert dico.models.model_spec("DiCo-Tiny", **{k: v for k, v in old["config"].items()}) == old
+    # options added since then take their defaults (second_time: MeanFlow's second time input, off)
+    now = {**old, "config": {**old["config"], "second_time": False}}
+    assert model.spec == now and model.in_channels == 1
+    assert dico.models.model_spec("DiCo-Tiny", **{k: v for k, v in old["config"].items()}) == now
 
 
 @pytest.mark.parametrize("requested,in_channels,expected", [(3, 4, 3), ("all", 4, 4), (None, 4, 4), (3, 1, 1),

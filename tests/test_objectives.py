@@ -28,8 +28,8 @@ def test_records_round_trip_and_old_records_load_as_the_official_ddpm():
     assert stored_objective({"config": {"noise_schedule": "squaredcos_cap_v2", "diffusion_steps": 100}}) == \
         DDPMObjective(noise_schedule="squaredcos_cap_v2", diffusion_steps=100)
     assert stored_objective({"args": object()}) == DDPMObjective()
-    with pytest.raises(ValueError, match="unknown objective 'meanflow' \\(known: ddpm, flow\\)"):
-        objective_from_dict({"kind": "meanflow"})
+    with pytest.raises(ValueError, match="unknown objective 'edm' \\(known: ddpm, flow, meanflow\\)"):
+        objective_from_dict({"kind": "edm"})
     with pytest.raises(ValueError, match="unknown ddpm objective fields: sigma_min"):
         objective_from_dict({"kind": "ddpm", "sigma_min": 0.1})
     with pytest.raises(ValueError, match="--diffusion-steps"):

@@ -564,7 +564,7 @@ def test_flow_objectives_the_schedulers_do_not_define_are_refused():
         with pytest.raises(ValueError, match="path 'Linear' and prediction 'velocity' only"):
             DiCoPipeline(transformer=as_component(network), scheduler=FlowMatchEulerDiscreteScheduler(),
                          sample_size=8, objective=objective)
-    with pytest.raises(ValueError, match="unknown objective 'consistency' \\(known: ddpm, flow\\)"):
+    with pytest.raises(ValueError, match="unknown objective 'consistency' \\(known: ddpm, flow, meanflow\\)"):
         pipeline_from_network(network, SPACE, objective={"kind": "consistency"})
 
 

@@ -102,6 +102,18 @@ def test_an_annotation_file_elsewhere_is_named_with_captions(coco, tmp_path):
         read_captioned_images(coco, captions_file=tmp_path / "missing.json")
 
 
+def test_captioned_images_are_cropped_as_u_vit_prepared_coco(tmp_path):
+    from dico.data.folders import square_center_crop
+
+    pixels = np.random.default_rng(0).integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    # U-ViT: the rows and columns (n - side) // 2 : (n + side) // 2 of the array, then LANCZOS to size x size
+    expected = Image.fromarray(pixels[0:21, 4:25]).resize((8, 8), Image.LANCZOS)
+    np.testing.assert_array_equal(np.asarray(square_center_crop(Image.fromarray(pixels), 8)), np.asarray(expected))
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    x = load_image(tmp_path / "x.png", 8, "uvit")
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), np.asarray(expected) / 127.5 - 1, atol=1e-6)
+
+
 def test_metadata_jsonl_takes_one_caption_or_a_list(tmp_path):
     root = write_metadata(tmp_path / "own", [{"file_name": "b.png", "text": "a boat"},
                                              {"file_name": "sub/a.jpg", "text": ["an apple", "a red apple"]}])
@@ -145,6 +157,7 @@ def test_extraction_stores_every_caption_s_tokens_and_the_empty_caption_once(ext
     encoder = load_text_encoder(tiny["clip"])
     assert meta["text_encoder"] == encoder.to_dict() and meta["context_shape"] == [77, 32]
     assert meta["num_captions"] == 10 and meta["count"] == 3 and meta["num_classes"] == 0
+    assert meta["crop"] == "uvit"  # U-ViT's COCO crop, as REPA's COCO latents were made
     assert not (extracted / DONE).exists() and not (extracted / PLAN).exists()
     order = sorted(COCO)
     assert read_captions(extracted) == [COCO[i][1] for i in order]
@@ -161,7 +174,7 @@ def test_extraction_stores_every_caption_s_tokens_and_the_empty_caption_once(ext
     vae = load_vae(tiny["vae"])
     moments = open_moments(extracted)
     for row, image_id in enumerate(order):
-        x = load_image(coco / COCO[image_id][0], SIZE)[None]
+        x = load_image(coco / COCO[image_id][0], SIZE, "uvit")[None]
         torch.testing.assert_close(torch.from_numpy(np.array(moments[row, 0, 0])), vae.encode(x).latent_dist.mean[0],
                                    atol=1e-5, rtol=1e-4)
 

@@ -7,9 +7,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import dico
+import dico.checkpoints
 from dico.benchmarking import BenchConfig, benchmark, count, model_cost
 from dico.conditioning import is_text_model
-from dico.models import DICO_SIZES, TextDiCo, build_model, create_model, list_models
+from dico.models import DICO_SIZES, FeatureCache, TextDiCo, build_model, create_model, list_models
 from dico.models.text_dico import dynamic_kernels, per_sample_depthwise
 
 VARIANTS = ("DWC", "CrossAttn")
@@ -99,9 +100,11 @@ def test_per_sample_depthwise_filters_each_image_with_its_own_kernels():
     g = torch.Generator().manual_seed(0)
     h, kernels = torch.randn(3, 4, 6, 5, generator=g), torch.randn(3, 4, 3, 3, generator=g)
     out = per_sample_depthwise(h.contiguous(memory_format=torch.channels_last), kernels)
+    with torch.no_grad():  # (the CPU inference path: a loop over the samples)
+        fast = per_sample_depthwise(h.contiguous(memory_format=torch.channels_last), kernels)
     for n in range(3):
         ref = torch.nn.functional.conv2d(h[n:n + 1], kernels[n][:, None], padding=1, groups=4)
-        assert torch.allclose(out[n:n + 1], ref, atol=1e-6)
+        assert torch.allclose(out[n:n + 1], ref, atol=1e-5) and torch.allclose(fast[n:n + 1], ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -152,6 +155,30 @@ def test_inference_fast_paths_give_the_autograd_answer(variant):
     assert torch.allclose(low.float(), fast, atol=0.05 * fast.abs().max().item())
 
 
+def test_guidance_and_feature_cache_take_prompt_tokens():
+    model = toy("CrossAttn").eval()
+    x, t, context = inputs()
+    null = torch.zeros_like(context)
+    with torch.no_grad():
+        guided = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, null]), 2.0,
+                                        guidance_channels="all")
+        cond, uncond = model(x, t, context), model(x, t, null)
+        expected = uncond + 2.0 * (cond - uncond)  # on the 4 noise channels, not the learned variance
+        assert torch.allclose(guided[:2, :4], expected[:, :4], atol=1e-5)
+        cache = FeatureCache(depth=1)
+        assert torch.equal(model(x, t, context, cache=cache), cond)  # a refresh call computes everything
+        cache.refresh = False
+        assert torch.allclose(model(x, t, context, cache=cache), cond, atol=1e-6)  # same step: same features
+
+
+def test_half_precision_embeddings_meet_the_weights_dtype():
+    model = toy().eval()
+    x, t, context = inputs()
+    half = context.half()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, half), model(x, t, half.float()))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_jvp_and_flop_counter_run_through(variant):
     model = toy(variant).eval()
@@ -174,6 +201,43 @@ def test_compiled_forward_matches_eager_without_graph_breaks(variant):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert torch.allclose(compiled(x, t, context), model(x, t, context), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_training_step_matches_eager(variant):
+    model = toy(variant).train()
+    x, t, context = inputs()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+
+    def step(fn):
+        model.zero_grad()
+        loss = fn(x, t, context).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss, grads), (ref_loss, ref_grads) = step(compiled), step(model)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, ref_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_checkpoints_and_converted_files_rebuild_the_text_model(tmp_path):
+    model = toy("CrossAttn").eval()
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "spec": model.spec}, tmp_path / "ckpt.pt")
+    dico.checkpoints.convert(tmp_path / "ckpt.pt", tmp_path / "model.safetensors")
+    x, t, context = inputs()
+    for source in ("ckpt.pt", "model.safetensors"):
+        loaded = dico.load_model(tmp_path / source)
+        assert isinstance(loaded, TextDiCo) and loaded.spec == model.spec
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, context), model(x, t, context))
+    # A bare state dict does not say its context length or kernel options: it must be named, and then loads.
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(dico.checkpoints.CheckpointError, match="name it"):
+        dico.load_model(tmp_path / "bare.pt")
+    named = dico.load_model(tmp_path / "bare.pt", "DiCo-Tiny-CrossAttn", **{**TOY, "in_channels": 4})
+    with torch.no_grad():
+        assert torch.equal(named(x, t, context), model(x, t, context))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -79,11 +79,18 @@ def read_safetensors(path: Path) -> dict:
             raise CheckpointError(f"{path} is damaged: tensor(s) {', '.join(damaged[:5])} fail their CRC-32 check; "
                                   "the file was corrupted on disk or in transfer, download or copy it again")
     try:
-        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective")
+        facts = {key: json.loads(metadata[f"dico_{key}"]) for key in ("spec", "space", "objective", "text_encoder")
                  if f"dico_{key}" in metadata}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: unreadable dico metadata ({err})") from err
+    if NULL_CONTEXT_TENSOR in state:  # a text model's recorded null travels beside its weights, not among them
+        facts["null_context"] = state.pop(NULL_CONTEXT_TENSOR)
     return {"weights": state, "spec": None, **facts}
+
+
+# The name a converted text model's null context (the empty caption's tokens training recorded) has in its
+# .safetensors file; read_safetensors takes it out of the weights.
+NULL_CONTEXT_TENSOR = "dico.null_context"
 
 
 def tensor_crc32(t: torch.Tensor) -> int:
@@ -259,6 +266,10 @@ def infer_spec(state_dict: dict) -> dict | None:
         return None
     stem = sd["x_embedder.proj.weight"]
     width, in_channels = stem.shape[0], stem.shape[1]
+    if "joint_blocks.0.x_block.attn.qkv.weight" in sd:  # MMDiT (REPA's text-to-image model): sized by its depth
+        return mmdit_spec(sd, in_channels)
+    if "t_embedder_1.mlp.0.weight" in sd and "y_embedder.embedding_table_0.weight" not in sd:
+        return None  # a text-conditioned DiCo: its context length and kernel options are not in the weights
     if "t_embedder_1.mlp.0.weight" in sd:  # DiCo
         stages = ["encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1"]
         depth = [len({k.split(".")[1] for k in sd if k.startswith(stage + ".")}) for stage in stages]
@@ -269,6 +280,15 @@ def infer_spec(state_dict: dict) -> dict | None:
         config = dict(hidden_size=width, depth=depth, mlp_ratio=mlp_ratio, in_channels=in_channels,
                       learn_sigma=out_channels == 2 * in_channels)
         arch, names = "dico", [n for n in MODELS if MODELS[n][0] == "dico"]
+    elif "blocks.0.conv1.weight" in sd:  # DiCo-Iso: DiCo blocks in an isotropic stack
+        patch = stem.shape[-1]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        out_channels = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
+        config = dict(hidden_size=width, depth=depth, patch_size=patch, in_channels=in_channels,
+                      mlp_ratio=sd["blocks.0.conv4.weight"].shape[0] / width,
+                      learn_sigma=out_channels == 2 * in_channels)
+        rows = sd["y_embedder.embedding_table.weight"].shape[0]
+        arch, names = "dico-iso", [n for n in MODELS if MODELS[n][0] == "dico-iso"]
     else:  # DiT
         patch = stem.shape[-1]
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -286,6 +306,18 @@ def infer_spec(state_dict: dict) -> dict | None:
             overrides = {k: v for k, v in config.items() if k not in defaults}
             return model_spec(name, **overrides)
     return {"name": None, "arch": arch, "config": config}
+
+
+def mmdit_spec(sd: dict, in_channels: int) -> dict:
+    patch = sd["x_embedder.proj.weight"].shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("joint_blocks.")})
+    out_channels = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
+    grid = int(round(sd["pos_embed"].shape[1] ** 0.5)) if "pos_embed" in sd else 16
+    return model_spec("MMDiT", depth=depth, patch_size=patch, in_channels=in_channels, input_size=grid * patch,
+                      learn_sigma=out_channels == 2 * in_channels,
+                      context_dim=sd["context_embedder.weight"].shape[1],
+                      qkv_bias="joint_blocks.0.x_block.attn.qkv.bias" in sd,
+                      register_length=sd["register"].shape[1] if "register" in sd else 0)
 
 
 def describe_spec(spec) -> str:
@@ -467,11 +499,12 @@ def atomic_save(obj, path) -> None:
         raise
 
 
-def remove_stale_temp_files(directory) -> list:
-    """Delete the temporary parts that saves killed mid-write left in `directory` (atomic_save's `.NAME.*.tmp`);
-    call it only where no save is under way. Returns what was removed."""
+def remove_stale_temp_files(directory, pattern: str = ".*.tmp") -> list:
+    """Delete the temporary parts that saves killed mid-write left in `directory` (atomic_save's `.NAME.*.tmp`; or
+    those `pattern` names, e.g. dico.cache.atomic_write's `.*.partial`); call it only where no save is under way.
+    Returns what was removed."""
     directory = Path(directory)
-    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    stale = sorted(directory.glob(pattern)) if directory.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -480,22 +513,35 @@ def remove_stale_temp_files(directory) -> list:
 def convert(source, out, weights: str = "ema", overwrite: bool = False) -> Path:
     """Write the chosen weights of any readable checkpoint as .safetensors, with the model spec as metadata. An
     existing `out` is refused unless `overwrite`, and then replaced in one rename."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {out}")
     check_new_output(out, overwrite)
     ckpt = read_checkpoint(source)
     state = select_weights(ckpt, weights, source)
+    space = stored_space(ckpt)
     spec = stored_spec(ckpt) or infer_spec(state)
-    # What `dico sample` needs besides the weights travels along: the model, its output space, its objective.
-    metadata = {"format": "pt", "dico_objective": json.dumps(stored_objective(ckpt).to_dict())}
+    extra = {}
+    if isinstance(ckpt.get("text_encoder"), dict):  # text models: what `dico sample --prompt` embeds prompts with
+        extra["dico_text_encoder"] = json.dumps(ckpt["text_encoder"])
+    if torch.is_tensor(ckpt.get("null_context")):
+        state = {**state, NULL_CONTEXT_TENSOR: ckpt["null_context"].detach().cpu()}
+    return save_safetensors(state, out, spec=spec, space=None if space is None else asdict(space),
+                            objective=stored_objective(ckpt).to_dict(), extra=extra)
+
+
+def save_safetensors(state: dict, out, spec: dict | None, space: dict | None, objective: dict,
+                     extra: dict | None = None) -> Path:
+    """Write `state` as .safetensors with what `dico sample` needs besides the weights as metadata (the model spec,
+    its output space, its objective; `extra`: more string entries) and a CRC-32 per tensor; in one rename."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "pt", "dico_objective": json.dumps(objective)}
     if spec:
         metadata["dico_spec"] = json.dumps(spec)
-    space = stored_space(ckpt)
     if space is not None:
-        metadata["dico_space"] = json.dumps(asdict(space))
+        metadata["dico_space"] = json.dumps(space)
+    metadata.update(extra or {})
     state = {k: v.contiguous() for k, v in state.items()}
     metadata["dico_crc32"] = json.dumps({k: tensor_crc32(v) for k, v in state.items()})
     return atomic_write(out, lambda partial: save_file(state, str(partial), metadata=metadata))

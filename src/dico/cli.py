@@ -23,6 +23,7 @@ import tyro
 
 from .config import (BenchCommand, ConvertConfig, DemoConfig, EvaluateConfig, ExportDataConfig, ExtractLatentsConfig,
                      InfoConfig, SampleConfig, TrainCommand)
+from .config.ema import ReconstructConfig, SweepConfig
 from .options import read_yaml, to_yaml, with_values
 from .cpu_allocator import tune_glibc_malloc
 from .extras import MissingExtra
@@ -53,6 +54,11 @@ COMMANDS = {
                                "encode an image folder with the SD VAE once, for latent training"),
     "export-data": Command(ExportDataConfig, "dico.commands.export_data",
                            "write a bundled data set as an ADM-format .npz (FID reference)"),
+    # A command group: `dico ema reconstruct ...` (command_name joins the two words).
+    "ema reconstruct": Command(ReconstructConfig, "dico.commands.ema",
+                               "post-hoc EMA: rebuild a power-function EMA from a run's snapshots"),
+    "ema sweep": Command(SweepConfig, "dico.commands.ema",
+                         "post-hoc EMA: rebuild, sample and evaluate a range of EMA lengths"),
 }
 
 CONFIG_FLAGS_HELP = ("Every command also takes --config FILE.yaml (option values, e.g. from --print-config; flags "
@@ -102,6 +108,7 @@ def plain_defaults(options_class):
 
 def parse(name: str, args: list):
     """(options, keyword arguments for the run function, whether to print the options instead of running)."""
+    name, args = command_name(name, args)
     command = COMMANDS[name]
     options_class = command.options
     path, print_config, args = split_config_flags(args)
@@ -134,6 +141,13 @@ def one_line_value_errors():
     return hook(report)
 
 
+def command_name(name: str, args: list) -> tuple:
+    """(the command, its arguments): a group's command is two words, `dico ema sweep ...` -> ("ema sweep", ...)."""
+    if args and f"{name} {args[0]}" in COMMANDS:
+        return f"{name} {args[0]}", args[1:]
+    return name, args
+
+
 def training_interrupted(err: Exception) -> bool:
     """Whether `err` is dico.training.TrainingInterrupted (SIGINT/SIGTERM stopped a run after saving)."""
     loop = sys.modules.get("dico.training.loop")  # only a loaded training loop raises it: no torch import here
@@ -160,7 +174,11 @@ def run_command(argv) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(top_help(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
-    name, args = args[0], args[1:]
+    name, args = command_name(args[0], args[1:])
+    group = [c.split(" ", 1)[1] for c in COMMANDS if c.startswith(f"{name} ")]
+    if name not in COMMANDS and group:
+        print(f"dico {name}: error: choose one of {', '.join(group)} (dico {name} {group[0]} --help)", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -53,21 +53,46 @@ class FlowSettings:
 
 
 @dataclass
+class MeanFlowSettings:
+    meanflow_logit_mean: float = -0.4  # meanflow: times' logit-normal mean, the paper's (logit of the noise level)
+    meanflow_logit_std: float = 1.0  # meanflow: times' logit-normal standard deviation
+    meanflow_interval_fraction: float = 0.25  # meanflow: fraction of samples with r != t (the rest: flow matching)
+    meanflow_weight_power: float = 1.0  # meanflow: p of the adaptive loss weight 1 / (|delta|^2 + c)^p (0: none)
+    meanflow_weight_eps: float = 1e-3  # meanflow: c of the adaptive loss weight
+    meanflow_cfg_omega: float = 1.0  # meanflow: guidance folded into the target, omega (1, kappa 0: unguided)
+    meanflow_cfg_kappa: float = 0.0  # meanflow: guidance folded into the target, kappa (scale omega / (1 - kappa))
+
+    def check(self) -> None:
+        check_number("meanflow_logit_mean", self.meanflow_logit_mean)
+        check_number("meanflow_logit_std", self.meanflow_logit_std, 0, low_open=True)
+        check_number("meanflow_interval_fraction", self.meanflow_interval_fraction, 0, 1)
+        check_number("meanflow_weight_power", self.meanflow_weight_power, 0)
+        check_number("meanflow_weight_eps", self.meanflow_weight_eps, 0, low_open=True)
+        check_number("meanflow_cfg_omega", self.meanflow_cfg_omega)
+        check_number("meanflow_cfg_kappa", self.meanflow_cfg_kappa, 0, 1)
+        if self.meanflow_cfg_kappa == 1:  # (the effective scale omega / (1 - kappa) would be infinite)
+            raise ValueError("--meanflow-cfg-kappa must be below 1, got 1")
+
+
+@dataclass
 class ObjectiveKind:
-    objective: Literal["ddpm", "flow"] = "ddpm"
-    """The official iDDPM ("ddpm") or flow matching as SiT ("flow", with the options below)."""
+    objective: Literal["ddpm", "flow", "meanflow"] = "ddpm"
+    """The official iDDPM ("ddpm"), flow matching as SiT ("flow") or MeanFlow's average velocity ("meanflow":
+    sampling in one or a few steps), each with the options below."""
 
 
 # Bases in this order so that the flags, config files and checkpoint records list them as they always have (a
-# dataclass lists the fields of its last base first): the DDPM settings, the choice, the flow settings.
+# dataclass lists the fields of its last base first): the DDPM settings, the choice, the flow settings, then the
+# settings of later objectives.
 @dataclass
-class ObjectiveOptions(FlowSettings, ObjectiveKind, DDPMSettings):
+class ObjectiveOptions(MeanFlowSettings, FlowSettings, ObjectiveKind, DDPMSettings):
     """The settings of every objective, as flags: `objective` picks the one a run trains, the others are unused."""
 
     def check(self) -> None:
         check_choices(self, ObjectiveKind)
         DDPMSettings.check(self)
         FlowSettings.check(self)  # (combinations are checked by the chosen objective, when the run builds it)
+        MeanFlowSettings.check(self)
 
 
 # ----------------------------------------------------------------------------------------------------- the family
@@ -88,6 +113,10 @@ class Objective:
     def to_dict(self) -> dict:
         """The record checkpoints and pipeline configs store: {"kind": ..., settings...}."""
         return {"kind": self.kind, **asdict(self)}
+
+    def model_config(self) -> dict:
+        """What the objective needs of the network's config (applied before the run's own overrides)."""
+        return {}
 
     @classmethod
     def from_dict(cls, record: dict) -> "Objective":
@@ -134,6 +163,10 @@ class Objective:
     def pipeline_timesteps(self, scheduler, t, batch: int, device):
         """The model's time argument for the scheduler's step `t`."""
         raise NotImplementedError
+
+    def pipeline_model_inputs(self, scheduler, t, batch: int, device) -> dict:
+        """Model inputs besides x, t and the condition for the scheduler's step `t` (MeanFlow's r)."""
+        return {}
 
     def scheduler_input(self, scheduler, output, channels: int):
         """What the scheduler's step takes from the model's output."""
@@ -370,8 +403,92 @@ def flow_sigma(scheduler, timestep):
     return torch.as_tensor(timestep, dtype=torch.float32) / scheduler.config.num_train_timesteps
 
 
+# ------------------------------------------------------------------------------------------------------ MeanFlow
+@dataclass
+class MeanFlowObjective(MeanFlowSettings, Objective):
+    """MeanFlow (Geng et al., arXiv 2505.13447): the model predicts the average velocity over [t, r] (a second time
+    input, `second_time=True`), trained with the MeanFlow identity by a Jacobian-vector product; one step samples.
+    dico's flow time (t = 0 noise, t = 1 data, v = data - noise); the conversion from the paper's is in
+    dico.meanflow."""
+
+    kind: ClassVar[str] = "meanflow"
+    settings: ClassVar[type] = MeanFlowSettings
+
+    def model_config(self) -> dict:
+        return {"second_time": True}
+
+    def loss_function(self, learn_sigma: bool):
+        from .meanflow import keyed_losses
+
+        settings = dict(logit_mean=self.meanflow_logit_mean, logit_std=self.meanflow_logit_std,
+                        interval_fraction=self.meanflow_interval_fraction, weight_power=self.meanflow_weight_power,
+                        weight_eps=self.meanflow_weight_eps, omega=self.meanflow_cfg_omega,
+                        kappa=self.meanflow_cfg_kappa)
+
+        def losses(model, x, model_kwargs, keys):
+            return keyed_losses(model, x, model_kwargs, keys, **settings)
+
+        return losses
+
+    def sample(self, denoiser, noise, options, *, learn_sigma: bool, step_noise=None, device=None,
+               progress: bool = False):
+        """`options.steps` jumps (default 1) along the uniform grid; deterministic (no step noise)."""
+        from .meanflow import meanflow_sample
+
+        if options.method not in (None, "meanflow"):
+            raise ValueError(f"a MeanFlow model samples with its own jumps (--steps N, one evaluation each); "
+                             f"--method {options.method!r} is for DDPM and flow models")
+        return meanflow_sample(denoiser, noise, options.steps or 1)
+
+    def flow_time(self, t: float) -> float:
+        return t
+
+    def scheduler(self):
+        from .meanflow.scheduler import MeanFlowScheduler
+
+        return MeanFlowScheduler()
+
+    def pipeline_samplers(self) -> dict:
+        from .meanflow.scheduler import MeanFlowScheduler
+
+        return {"MeanFlow (one evaluation per step)": lambda config: MeanFlowScheduler.from_config(config)}
+
+    def check_scheduler(self, scheduler) -> None:
+        from .meanflow.scheduler import MeanFlowScheduler
+
+        if not isinstance(scheduler, MeanFlowScheduler):
+            raise ValueError(f"this is a MeanFlow model (average velocity over an interval): it samples with "
+                             f"dico.meanflow.scheduler.MeanFlowScheduler, not {type(scheduler).__name__}")
+
+    def pipeline_timesteps(self, scheduler, t, batch: int, device):
+        import torch
+
+        return torch.full((batch,), scheduler.interval(t)[0], dtype=torch.float32, device=device)
+
+    def pipeline_model_inputs(self, scheduler, t, batch: int, device) -> dict:
+        import torch
+
+        return {"r": torch.full((batch,), scheduler.interval(t)[1], dtype=torch.float32, device=device)}
+
+    def scheduler_input(self, scheduler, output, channels: int):
+        return output[:, :channels]  # the average velocity (not a learned sigma's half)
+
+    def card_text(self) -> dict:
+        return {
+            "objective_line": ("- Objective: MeanFlow (average velocity u(z_t, t, r) over [t, r], trained with the "
+                               "MeanFlow identity by a Jacobian-vector product; dico's flow time, t = 0 noise, "
+                               "t = 1 data)"),
+            "sampling": ("one MeanFlow jump x = noise + u(noise, 0, 1) (num_inference_steps=N: N jumps along the "
+                         "uniform grid), guidance as trained (folded into the target); "),
+            "same_as": "num_inference_steps=1, guidance_scale=1: = dico sample --steps 1 --seed 0",
+            "other_schedulers": "Only MeanFlowScheduler samples this model (any number of steps).",
+            "process_keys": ("objective", "meanflow_logit_mean", "meanflow_logit_std", "meanflow_interval_fraction",
+                             "meanflow_cfg_omega", "meanflow_cfg_kappa"),
+        }
+
+
 # ---------------------------------------------------------------------------------------------------- registry
-OBJECTIVES = {cls.kind: cls for cls in (DDPMObjective, FlowObjective)}
+OBJECTIVES = {cls.kind: cls for cls in (DDPMObjective, FlowObjective, MeanFlowObjective)}
 
 
 def objective_from_options(options) -> Objective:

@@ -34,13 +34,17 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_pretrained
 from ..config.benchmarking import BenchConfig
-from ..models import create_model, list_models, model_spec
+from ..models import build_model, create_model, list_models, model_spec
 from ..models.inputs import example_condition
+from ..objectives import objective_from_dict
 from ..options import check_guidance_scale, check_steps
 from ..training.optim import adamw
 from .official import official_twin
 
-TASKS = ("forward", "train", "sample")
+TASKS = ("forward", "train", "sample", "train-flow", "train-meanflow")
+# Training steps of an objective's own loss (its keyed draws, and MeanFlow's Jacobian-vector product), as
+# `dico train --objective ...` takes them: task -> objective kind.
+OBJECTIVE_TASKS = {"train-flow": "flow", "train-meanflow": "meanflow"}
 DTYPES = ("fp32", "tf32", "bf16")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -165,7 +169,10 @@ class _Case:
         self.cond = example_condition(model, batch, g, device, self.num_classes)
         self.target = torch.randn(batch, model.out_channels, latent, latent, generator=g).to(device)
         self.seconds, self.peak = [], 0
-        if task == "train":
+        if task in OBJECTIVE_TASKS:
+            objective = objective_from_dict({"kind": OBJECTIVE_TASKS[task]})
+            self.losses, self.calls = objective.loss_function(model.learn_sigma), 0
+        if task == "train" or task in OBJECTIVE_TASKS:
             # Each case trains its own copy, so optimizer state never leaks between implementations. Each
             # implementation steps with the optimizer its own trainer uses: the official train.py a default AdamW,
             # `dico train` the fused one.
@@ -177,8 +184,13 @@ class _Case:
             if self.task == "forward":
                 with torch.no_grad():
                     self.model(self.x, self.t, **self.cond.model_kwargs())
-            elif self.task == "train":
-                loss = F.mse_loss(self.model(self.x, self.t, **self.cond.model_kwargs()).float(), self.target)
+            elif self.task == "train" or self.task in OBJECTIVE_TASKS:
+                if self.task == "train":
+                    loss = F.mse_loss(self.model(self.x, self.t, **self.cond.model_kwargs()).float(), self.target)
+                else:  # every call draws new times and noise, keyed by (seed, call, position)
+                    keys = [(self.config.seed, self.calls, p) for p in range(self.batch)]
+                    self.calls += 1
+                    loss = self.losses(self.model, self.x, self.cond.model_kwargs(), keys).float().mean()
                 loss.backward()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -241,14 +253,27 @@ def build_cases(config: BenchConfig):
         else:  # a trained model, through the one loader
             base = load_pretrained(name, image_size=config.image_size).model
         for task in config.tasks:
-            # The official implementation first, so "vs first" reads as a speed-up over it.
-            for impl in ("official", "ours") if config.official else ("ours",):
+            task_base = base
+            needs = objective_from_dict({"kind": OBJECTIVE_TASKS[task]}).model_config() if task in OBJECTIVE_TASKS \
+                else {}
+            if needs and any(base.config.get(k) != v for k, v in needs.items()):
+                # The same weights in the network the objective needs (MeanFlow: its second time embedders added).
+                torch.manual_seed(config.seed)
+                task_base = build_model({**base.spec, "config": {**base.spec["config"], **needs}})
+                task_base.load_state_dict(base.state_dict(), strict=False)
+                with torch.no_grad():
+                    for p in task_base.parameters():
+                        if p.requires_grad and p.abs().sum() == 0:
+                            p.normal_(0, 0.02)
+            # The official implementation first, so "vs first" reads as a speed-up over it; the official code has no
+            # objective losses (its train.py trains DDPM), so those tasks time ours only.
+            for impl in ("official", "ours") if config.official and task not in OBJECTIVE_TASKS else ("ours",):
                 for batch in config.batch_sizes:
                     for dtype in config.dtypes:
-                        model = copy.deepcopy(base) if task == "train" else base
+                        model = copy.deepcopy(task_base) if task != "forward" and task != "sample" else task_base
                         if impl == "official":
                             model = official_twin(model, config.official)
-                        model = model.to(device).train(task == "train")
+                        model = model.to(device).train(task.startswith("train"))
                         cases.append(_Case(model, name, impl, task, batch, dtype, device, config))
     return cases
 

@@ -6,5 +6,5 @@ from ..demo import launch
 
 def run(options: DemoConfig) -> int:
     launch(options.ckpt, port=options.port, host=options.host, device=options.device, name=options.model,
-           vae=options.vae)
+           vae=options.vae, guide=options.guide_ckpt, guide_name=options.guide_model)
     return 0

@@ -13,7 +13,9 @@ def run(config: EvaluateConfig) -> int:
         check_new_output(config.json, config.overwrite, "json")  # before the evaluation, not after
     result = evaluate(config.reference, config.samples, features=config.features,
                       inception_weights=config.inception_weights, batch_size=config.batch_size, device=config.device,
-                      use_cache=config.cache, progress=not config.quiet, threads=config.threads)
+                      use_cache=config.cache, progress=not config.quiet, threads=config.threads,
+                      reference_size=config.reference_size, reference_crop=config.reference_crop,
+                      clip_model=config.clip_model)
     print(result.format())
     if config.json:
         text = json.dumps(result.to_dict(), indent=2) + "\n"

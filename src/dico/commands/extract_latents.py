@@ -11,5 +11,5 @@ def run(config: ExtractLatentsConfig) -> int:
                     batch_size=config.batch_size, num_workers=config.num_workers, dtype=config.dtype,
                     device=config.device, max_batches=config.max_batches, progress=config.progress,
                     repa_encoder=encoder, threads=config.threads, text_encoder=config.text_encoder,
-                    captions=config.captions)
+                    captions=config.captions, crop=config.crop)
     return 0

@@ -2,11 +2,12 @@
 
 from ..benchmarking import PAPER_COSTS, model_cost
 from ..config import InfoConfig
-from ..models import list_models
+from ..models import MODELS, list_models
 
 
 def run(config: InfoConfig) -> int:
-    names = config.models or [n for n in list_models() if n.startswith("DiCo")] + ["DiT-XL/2"]
+    # by default the paper's main table: the U-shaped DiCo sizes and DiT-XL/2 (name the others: DiCo-Iso-S/2 SiT-S/2)
+    names = config.models or [n for n in list_models() if MODELS[n][0] == "dico"] + ["DiT-XL/2"]
     print("| model | image | params (M) | GMACs | paper params (M) | paper GMACs |")
     print("|---|---|---|---|---|---|")
     for name in names:

@@ -24,7 +24,10 @@ class BenchConfig:
 
     models: list[str] = field(default_factory=lambda: ["DiCo-S"])
     """Registered model names (random weights), or checkpoints read by dico.load_pretrained (their own weights)."""
-    tasks: list[Literal["forward", "train", "sample"]] = field(default_factory=lambda: ["forward"])  # what to time
+    tasks: list[Literal["forward", "train", "sample", "train-flow", "train-meanflow"]] = field(
+        default_factory=lambda: ["forward"])
+    """What to time: a forward, a training step on a plain MSE, a guided sampling run, or a training step of an
+    objective's own loss (train-flow: flow matching; train-meanflow: MeanFlow's, with its JVP)."""
     batch_sizes: list[int] = field(default_factory=lambda: [16])  # images per call
     dtypes: list[Literal["fp32", "tf32", "bf16"]] = field(default_factory=lambda: ["fp32"])
     """fp32 (TF32 off), tf32 (CUDA only), bf16 (torch.autocast)."""

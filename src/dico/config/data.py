@@ -33,6 +33,9 @@ class ExtractLatentsConfig:
     also store every caption's token embeddings by this text encoder (openai/clip-vit-large-patch14 as the paper,
     any Hugging Face text encoder by Hub id or folder, dico:digits-clip)."""
     captions: str | None = None  # with --text-encoder: the captions file (COCO .json or metadata.jsonl) if not found
+    crop: Literal["adm", "uvit"] | None = None
+    """How images become --image-size squares: adm (ADM's crop, the official DiCo's) or uvit (central square,
+    LANCZOS: U-ViT's COCO crop, behind REPA's COCO latents); default adm for image folders, uvit with --text-encoder."""
 
     def __post_init__(self):
         check_threads(self.threads)

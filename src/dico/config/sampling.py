@@ -31,7 +31,8 @@ class SamplingOptions:
     method: str | None = None
     """DDPM: ddpm | ddim | dpm++2m | dpm++3m; flow ODE: a torchdiffeq method; flow SDE: Euler | Heun (None: ddpm for
     DDPM models, dopri5 / Euler for flow models)."""
-    steps: int | None = None  # model calls (DDPM) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow)
+    steps: int | None = None
+    """Model calls (DDPM, MeanFlow) or time points (flow) (None: 250 for DDPM, 50 / 250 for flow, 1 for MeanFlow)."""
     cfg_scale: float = 1.0  # classifier-free guidance scale (1: no guidance)
     guidance_channels: int | Literal["all"] = 3  # guide the first N output channels (official: 3) or 'all'
     guidance_interval: Annotated[tuple[float, float], comma_separated(float, "LO,HI", count=2)] = (0.0, 1.0)
@@ -96,6 +97,11 @@ class SampleConfig(SamplingOptions):
     vae: str | None = None  # ema | mse | a local VAE directory (latent models)
     classes: Annotated[tuple[int, ...] | None, comma_separated(int, "C1,C2,...")] = None
     """Class ids, cycled (None: random classes)."""
+    labels: Literal["random", "balanced"] = "random"
+    """Without --classes: a keyed random class per image, or balanced (exactly N / classes images of each class)."""
+    guide_ckpt: str | None = None
+    """Autoguidance: a weaker checkpoint (same objective, space, classes) that --cfg-scale guides away from."""
+    guide_model: str | None = None  # the guide's model name (None: recorded in ours, inferred from official weights)
     prompt: Annotated[tuple[str, ...], UseAppendAction] = ()
     """Text models: a prompt; repeat the flag for more, image i gets prompt i mod their number (default: none; tyro
     does not print the default of a repeatable flag)."""
@@ -123,6 +129,8 @@ class SampleConfig(SamplingOptions):
             raise ValueError(f"--image-size must be a multiple of 8 (the VAE's downsampling), got {self.image_size}")
         if self.classes is not None:
             self.classes = tuple(check_class_ids(self.classes))
+        if self.guide_model is not None and self.guide_ckpt is None:
+            raise ValueError("--guide-model names the model of --guide-ckpt; give --guide-ckpt too")
         if isinstance(self.out, str):  # (not while the flag parser builds its defaults, before --out is read)
             check_out_suffix(self.out)  # where --out may go is checked by dico.sampling.sample: one line
 

@@ -23,7 +23,7 @@ class RunSettings:
     model: str = "DiCo-XL"  # model name, e.g. DiCo-XL (see dico info)
     model_overrides: Annotated[dict, arg(name="model-options"), json_object()] = field(default_factory=dict)
     """Model overrides, e.g. '{"channel_attention": "se"}'."""
-    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits)
+    data: str | None = None  # extracted latents dir or image folder (None: the bundled digits; digits-text: captioned)
     image_size: int | None = None
     """Image folders: training resolution in pixels (None: 256); latents and the digits carry their own size."""
     vae: str | None = None
@@ -68,12 +68,17 @@ class TrainConfig(ObjectiveOptions, RunSettings):
     grid_per_class: int = 8  # the final sample grid: images per row
     grid_steps: int = 50  # sampling steps for the final sample grid
     grid_cfg_scale: float = 1.5  # guidance scale for the final sample grid
+    phema_stds: Annotated[tuple[float, ...] | None, comma_separated(float, "S1,S2,...")] = None
+    """Power-function EMAs to track beside --ema-decay (EDM2's post-hoc EMA), as sigma_rel values in (0, 0.2887),
+    e.g. 0.05,0.10 (None: off). Their snapshots go to RESULTS_DIR/phema, for `dico ema reconstruct` and `sweep`."""
+    phema_every: int = 10_000  # power-function EMA: a snapshot of each profile every this many steps (and the last)
+    phema_dtype: Literal["fp16", "fp32"] = "fp16"  # power-function EMA: precision of the snapshot files
 
     def __post_init__(self):
         """Every value checked when the configuration is made (flags, config files, presets, checkpoints), each error
         naming the flag and what it accepts."""
         for name, low in (("max_steps", 1), ("global_batch", 1), ("warmup_steps", 0), ("log_every", 1),
-                          ("ckpt_every", 1), ("num_workers", 0), ("skip_nonfinite", 0),
+                          ("ckpt_every", 1), ("num_workers", 0), ("skip_nonfinite", 0), ("phema_every", 1),
                           ("grid_classes", 0), ("grid_per_class", 1), ("grid_steps", 1), ("repa_projector_dim", 1)):
             check_int(name, getattr(self, name), low)
         check_int("micro_batch", self.micro_batch, 1, self.global_batch, none_ok=True)
@@ -90,6 +95,8 @@ class TrainConfig(ObjectiveOptions, RunSettings):
                                   for b in betas):
             raise ValueError(f"--betas must be two numbers in [0, 1), e.g. 0.9,0.999, got {self.betas!r}")
         self.betas = tuple(float(b) for b in betas)
+        if self.phema_stds is not None:  # a flag, a config file or a checkpoint's list: one tuple of floats
+            self.phema_stds = check_phema_stds(self.phema_stds) or None
         check_choices(self, RunSettings)
         check_choices(self, TrainConfig)
         ObjectiveOptions.check(self)
@@ -100,6 +107,20 @@ class TrainConfig(ObjectiveOptions, RunSettings):
                           projector_dim=self.repa_projector_dim, encoder=self.repa_encoder,
                           stop_step=self.repa_stop_step)
 
+
+def check_phema_stds(values, flag: str = "phema-stds") -> tuple:
+    """sigma_rel values of power-function EMAs: each in (0, sqrt(1/12)) (gamma > 0; sqrt(1/12) is the flat average)."""
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < PHEMA_SIGMA_REL_MAX:
+            raise ValueError(f"--{flag}: each sigma_rel must be a number in (0, {PHEMA_SIGMA_REL_MAX:.4f}) "
+                             f"(sqrt(1/12), the flat average), got {v!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}: repeated sigma_rel in {values}")
+    return tuple(float(v) for v in values)
+
+
+PHEMA_SIGMA_REL_MAX = (1 / 12) ** 0.5
 
 # The official DiCo recipe (AdamW lr 1e-4, no weight decay, constant lr, batch 256, EMA 0.9999).
 OFFICIAL = TrainConfig()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..randomness import PURPOSES, keyed_generator
-from .folders import load_image, name_some
+from .folders import CROPS, load_image, name_some
 
 # The last word of a caption draw's key (seed, PURPOSES["data"], epoch, index, CAPTION_DRAW): a stream apart from the
 # item's flip and latent noise (folders.AUGMENT_DRAW = 1), so adding captions changes no image draw.
@@ -178,12 +178,16 @@ def evaluation_captions(source, seed: int = 0, count: int | None = None) -> list
 
 
 class CaptionedImageDataset(torch.utils.data.Dataset):
-    """(image float32 (3, size, size) in [-1, 1], 0) of a CaptionedImages list, centre-cropped as image folders are;
-    what extraction encodes (the captions are encoded apart)."""
+    """(image float32 (3, size, size) in [-1, 1], 0) of a CaptionedImages list, centre-cropped as `crop` says (a key
+    of dico.data.folders.CROPS: "uvit", U-ViT's COCO crop behind REPA's COCO latents, or "adm"); what extraction
+    encodes (the captions are encoded apart)."""
 
-    def __init__(self, images: CaptionedImages, image_size: int = 256):
+    def __init__(self, images: CaptionedImages, image_size: int = 256, crop: str = "uvit"):
         if int(image_size) < 1:
             raise ValueError(f"image size must be a positive number of pixels, got {image_size}")
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {tuple(CROPS)}, got {crop!r}")
+        self.crop = crop
         self.images, self.image_size = images, int(image_size)
         self.root, self.paths = images.root, images.paths
         self.labels = np.zeros(len(self.paths), dtype=np.int64)
@@ -193,4 +197,4 @@ class CaptionedImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        return load_image(self.paths[index], self.image_size), torch.tensor(0, dtype=torch.int64)
+        return load_image(self.paths[index], self.image_size, self.crop), torch.tensor(0, dtype=torch.int64)

@@ -38,8 +38,10 @@ from .vae import LATENT_SCALE, encode_moments, is_sd_vae, load_vae, resolve_vae
 
 # Settings an interrupted extraction must share with the run that resumes it.
 REPA_KEYS = ("repa_encoder", "repa_shape")
-PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", "text_encoder",
+PLAN_KEYS = ("format", "count", "image_size", "latent_shape", "vae", "dtype", "fingerprint", "text_encoder", "crop",
              *REPA_KEYS)
+# What a plan written before a key existed meant by it.
+PLAN_DEFAULTS = {"crop": "adm"}
 TEXT_LAYOUT = ("text_context[caption, token, feature], float16; image i's captions are rows "
                "caption_offsets[i]:caption_offsets[i + 1] (texts in captions.jsonl); null_context = the empty caption")
 REPA_LAYOUT = "repa_features[image, flip (0 as is, 1 mirrored), token (row-major grid), feature]"
@@ -60,7 +62,7 @@ def _check_plan(out: Path, plan: dict) -> str:
     for name, state in ((META, "done"), (PLAN, "resume")):
         if (out / name).is_file():
             saved = read_meta(out) if name == META else json.loads((out / PLAN).read_text())
-            saved = {k: saved.get(k) for k in PLAN_KEYS}
+            saved = {k: saved.get(k, PLAN_DEFAULTS.get(k)) for k in PLAN_KEYS}
             if state == "done" and saved["repa_encoder"] is None and wanted["repa_encoder"] is not None and all(
                     saved[k] == wanted[k] for k in PLAN_KEYS if k not in REPA_KEYS):
                 return "tokens"
@@ -105,7 +107,7 @@ def _write_captions(context, offsets: np.ndarray, captions: list, encoder, rows:
 def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int = 64, num_workers: int = 4,
                     dtype: str = "float16", device=None, max_batches: int | None = None,
                     progress: bool = True, repa_encoder=None, threads=None, text_encoder=None,
-                    captions=None) -> Path:
+                    captions=None, crop: str | None = None) -> Path:
     """Encode every image of the folder `data` (and its mirror image) into posterior moments under `out`.
 
     `vae`: any diffusers AutoencoderKL or AutoencoderDC (alias, Hub id or directory). `repa_encoder`: a frozen
@@ -120,7 +122,9 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     `text_encoder` (a dico.text.TextEncoder or a name for `load_text_encoder`): `data` is a captioned folder (COCO
     split or metadata.jsonl; `captions` names the annotation file if it is elsewhere) and every caption's token
     embeddings are stored beside the moments. A bad row (missing image, empty caption list, unreadable JSON) stops
-    the run before anything is written.
+    the run before anything is written. `crop`: how images are brought to `image_size` (dico.data.folders.CROPS):
+    None is "adm" (ADM's crop, the official release's) for image folders and "uvit" (U-ViT's COCO crop, behind REPA's
+    COCO latents) for captioned data.
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
@@ -132,10 +136,14 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
     if text_encoder is None:
         if captions is not None:
             raise ValueError("--captions needs --text-encoder (the captions are stored as its token embeddings)")
-        dataset, captioned = ImageFolderDataset(data, image_size, flip=False), None
+        if crop not in (None, "adm"):
+            raise ValueError(f"--crop {crop}: image folders are cropped as ADM (adm); the U-ViT crop is for "
+                             "captioned data")
+        dataset, captioned, crop = ImageFolderDataset(data, image_size, flip=False), None, "adm"
     else:
+        crop = "uvit" if crop is None else crop
         captioned = read_captioned_images(data, captions)
-        dataset = CaptionedImageDataset(captioned, image_size)
+        dataset = CaptionedImageDataset(captioned, image_size, crop)
     _check_readable(dataset, env)
     if isinstance(text_encoder, (str, os.PathLike)):
         from ..text import load_text_encoder
@@ -152,6 +160,7 @@ def extract_latents(data, out, image_size: int = 256, vae="ema", batch_size: int
         "format": LATENT_FORMAT,
         "count": len(dataset),
         "image_size": dataset.image_size,
+        "crop": crop,
         "latent_shape": latent_shape_of(model, dataset.image_size),
         "vae": vae_id,
         "autoencoder": type(model).__name__,

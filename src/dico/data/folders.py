@@ -41,6 +41,20 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
     return Image.fromarray(pixels[top:top + size, left:left + size])
 
 
+def square_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """U-ViT's COCO crop (the data of REPA's text-to-image runs): the central min(H, W) square, then a LANCZOS resize
+    to size x size."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+
+
+# How images are brought to one square size: ADM's ImageNet crop (the class-conditional default) or U-ViT's COCO crop
+# (the default for captioned data, as REPA's COCO latents were made).
+CROPS = {"adm": center_crop_arr, "uvit": square_center_crop}
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -190,9 +204,10 @@ def folder_fingerprint(root, paths, labels) -> str:
     return digest.hexdigest()
 
 
-def load_image(path, size: int) -> torch.Tensor:
-    """One image file as float32 (3, size, size) in [-1, 1], center-cropped; a clear error if it cannot be read."""
-    pixels = np.asarray(center_crop_arr(read_rgb(path), size))
+def load_image(path, size: int, crop: str = "adm") -> torch.Tensor:
+    """One image file as float32 (3, size, size) in [-1, 1], center-cropped as `crop` (a key of CROPS) says; a
+    clear error if it cannot be read."""
+    pixels = np.asarray(CROPS[crop](read_rgb(path), size))
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()
     return x.div_(255.0).sub_(0.5).div_(0.5)  # ToTensor + Normalize(0.5, 0.5), as the official transform
 

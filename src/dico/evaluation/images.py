@@ -3,11 +3,19 @@
 An ADM .npz holds `arr_0`, uint8 images (N, H, W, C) with C = 1 or 3, optionally `arr_1` (class labels) and, for
 reference batches, precomputed Inception statistics (`mu`, `sigma`, `mu_s`, `sigma_s`). Images are streamed batch by
 batch straight out of the zip member, so 50k samples at 256x256 never sit in memory at once.
+
+Text-to-image samples carry their prompts (CLIP score needs them): an .npz stores them as `prompts`, one string per
+image (dico.images.PROMPTS_KEY); a folder holds a `metadata.jsonl` with one row per image, `{"file_name": ...,
+"text": ...}` (Hugging Face's image-folder convention, as the training data's). A reference folder of photographs of
+any size (COCO's val2014) is read centre-cropped to one size (`crop_size`), the way U-ViT prepares COCO (whose
+statistics REPA and DiCo report FID against) or the way ADM prepares ImageNet (`crop`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..images import IMAGE_EXTENSIONS, read_rgb
+from ..data.folders import CROPS  # how a folder of photographs is brought to one size (U-ViT's or ADM's crop)
+from ..images import IMAGE_EXTENSIONS, PROMPTS_KEY, read_rgb
 
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _HASH_CHUNK = 16 << 20
@@ -32,6 +41,8 @@ class ImageSource:
     width: int = 0
     channels: int = 0
     files: tuple[Path, ...] = ()  # the images of a folder, sorted by name
+    crop_size: int | None = None  # a folder read centre-cropped to crop_size x crop_size ...
+    crop: str = "uvit"  # ... in this way (a key of CROPS)
 
     @property
     def has_images(self) -> bool:
@@ -43,18 +54,33 @@ class ImageSource:
         return f"{self.path} ({self.count} images, {self.height}x{self.width}x{self.channels})"
 
 
-def open_image_source(path, *, require_images: bool = True) -> ImageSource:
+def open_image_source(path, *, require_images: bool = True, crop_size: int | None = None,
+                      crop: str = "uvit") -> ImageSource:
     """Validate `path` (an ADM .npz or an image folder) and describe what it holds; reads no pixels.
 
-    With `require_images=False` an .npz holding only precomputed statistics (no `arr_0`) is accepted.
+    With `require_images=False` an .npz holding only precomputed statistics (no `arr_0`) is accepted. `crop_size`:
+    read a folder's images resized and centre-cropped to that many pixels, so that they may have any sizes (COCO's
+    val2014 for reference statistics at 256 px); an .npz is refused with it, its images being used as stored.
+    `crop`: "uvit" (central square, LANCZOS: U-ViT's COCO preparation, which REPA's COCO statistics come from) or
+    "adm" (ADM's center_crop_arr).
     """
     path = Path(path).expanduser()
+    if crop_size is not None and (isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1):
+        raise ValueError(f"the crop size must be a positive number of pixels, got {crop_size!r}")
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist (expected an ADM-format .npz file or a folder of png/jpg images)"
         )
     if path.is_dir():
-        return _open_folder(path)
+        source = _open_folder(path)
+        if crop_size is not None:
+            source = dataclasses.replace(source, height=crop_size, width=crop_size, crop_size=crop_size, crop=crop)
+        return source
+    if crop_size is not None:
+        raise ValueError(f"{path} is an .npz, whose images are used as stored; centre-cropping to {crop_size} px "
+                         f"applies to a folder of images (e.g. COCO's val2014)")
     return _open_npz(path, require_images)
 
 
@@ -157,7 +183,10 @@ def _iter_folder_batches(source: ImageSource, batch_size: int) -> Iterator[np.nd
     for start in range(0, source.count, batch_size):
         batch = []
         for file in source.files[start : start + batch_size]:
-            pixels = np.asarray(read_rgb(file))
+            image = read_rgb(file)
+            if source.crop_size is not None:
+                image = CROPS[source.crop](image, source.crop_size)
+            pixels = np.asarray(image)
             if pixels.shape[:2] != (source.height, source.width):
                 raise ValueError(
                     f"{file} is {pixels.shape[1]}x{pixels.shape[0]} but {source.files[0].name} is "
@@ -200,9 +229,86 @@ def content_hash(source: ImageSource) -> str:
             while chunk := member.read(_HASH_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
+    if source.crop_size is not None:  # the same files, cropped, are other pixels
+        digest.update(f"crop {source.crop} {source.crop_size}\0".encode())
     for file in source.files:
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as handle:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+METADATA_FILE = "metadata.jsonl"  # a folder's prompts: Hugging Face's image-folder convention
+
+
+def carries_prompts(source: ImageSource) -> bool:
+    """Whether the images come with prompts (text-to-image samples), without reading or checking them."""
+    if source.kind == "folder":
+        return (source.path / METADATA_FILE).is_file()
+    with zipfile.ZipFile(source.path) as archive:
+        return f"{PROMPTS_KEY}.npy" in archive.namelist()
+
+
+def read_prompts(source: ImageSource) -> list[str] | None:
+    """The prompt of each image, in image order: an .npz's `prompts` array or a folder's `metadata.jsonl`; None when
+    the source carries none. A set of prompts that does not give exactly one string to every image is a ValueError
+    naming the file."""
+    if not source.has_images:
+        return None
+    if source.kind == "npz":
+        return _npz_prompts(source)
+    return _folder_prompts(source)
+
+
+def _npz_prompts(source: ImageSource) -> list[str] | None:
+    try:
+        with np.load(source.path, allow_pickle=False) as data:
+            if PROMPTS_KEY not in data.files:
+                return None
+            prompts = data[PROMPTS_KEY]
+    except ValueError as err:  # an object array (pickled) is refused unread
+        raise ValueError(f"{source.path}: '{PROMPTS_KEY}' must be an array of strings, not pickled objects") from err
+    if prompts.ndim != 1 or prompts.dtype.kind != "U":
+        raise ValueError(f"{source.path}: '{PROMPTS_KEY}' should hold one string per image ({source.count},), got "
+                         f"{prompts.dtype} {prompts.shape}")
+    if len(prompts) != source.count:
+        raise ValueError(f"{source.path} holds {source.count} images but {len(prompts)} prompts; each image needs "
+                         f"the one prompt it was sampled from")
+    return [str(p) for p in prompts]
+
+
+def _folder_prompts(source: ImageSource) -> list[str] | None:
+    metadata = source.path / METADATA_FILE
+    if not metadata.is_file():
+        return None
+    texts: dict[str, str] = {}
+    try:
+        lines = metadata.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {metadata}: {err}") from err
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{metadata}, line {number}: not JSON ({err.msg})") from err
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or "text" not in row:
+            raise ValueError(f'{metadata}, line {number}: expected {{"file_name": ..., "text": ...}}')
+        if not isinstance(row["text"], str):
+            raise ValueError(f"{metadata}, line {number}: 'text' must be the one prompt the image was sampled from "
+                             f"(a string), got {type(row['text']).__name__}")
+        if row["file_name"] in texts:
+            raise ValueError(f"{metadata}, line {number}: {row['file_name']} is listed twice")
+        texts[row["file_name"]] = row["text"]
+    names = [file.name for file in source.files]
+    missing = [name for name in names if name not in texts]
+    if missing:
+        raise ValueError(f"{metadata} gives no prompt for {len(missing)} of {len(names)} images (first: "
+                         f"{missing[0]})")
+    unknown = sorted(set(texts) - set(names))
+    if unknown:
+        raise ValueError(f"{metadata} lists {len(unknown)} files that are not images of {source.path} (first: "
+                         f"{unknown[0]})")
+    return [texts[name] for name in names]

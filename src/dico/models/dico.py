@@ -11,10 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .embedders import LabelEmbedder, TimestepEmbedder
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
 from .fast_ops import (activation, channel_attention_weights, conv, ffn_chunks, gated_residual, linear, modulated_norm,
                        scale_channels)
 from .guidance import combine_guidance, resolve_guidance_channels
+
 
 CHANNEL_ATTENTIONS = ("cca", "se", "none")
 ACTIVATIONS = ("gelu", "relu")
@@ -84,6 +85,18 @@ class DiCoBlock(nn.Module):
         return conv(self.conv5, activation(self.activation, conv(self.conv4, h)))
 
 
+def conv_weights_channels_last(model: nn.Module, blocks) -> None:
+    """On channels-last maps, the gradients of 1x1 and depthwise convolution weights come out with channels-last
+    strides: the same memory order as NCHW for those shapes, other strides on the size-1 dims. Autograd keeps them as
+    they are, and DDP, whose gradient buckets take each parameter's strides, then copies every one with a warning.
+    Giving those weights the channels-last strides makes the layouts agree (their values and memory stay as they
+    are). The channel-attention convolutions of `blocks` act on a vector of channel means, as linear layers: left."""
+    attention = {p for block in blocks if block.ca is not None for p in block.ca.parameters()}
+    for p in model.parameters():
+        if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
+            p.data = p.data.to(memory_format=torch.channels_last)
+
+
 class OverlapPatchEmbed(nn.Module):
     """3x3 conv stem (stride 1): no patchification."""
 
@@ -146,7 +159,7 @@ class DiCo(nn.Module):
     def __init__(self, hidden_size: int = 128, depth=(5, 4, 4, 4, 4), mlp_ratio: float = 2.0, in_channels: int = 4,
                  num_classes: int = 1000, learn_sigma: bool = True, class_dropout_prob: float = 0.1,
                  channel_attention: str = "cca", kernel_size: int = 3, activation: str = "gelu",
-                 se_reduction: int = 4):
+                 se_reduction: int = 4, second_time: bool = False):
         super().__init__()
         depth = list(depth)
         if len(depth) != 5:
@@ -177,6 +190,13 @@ class DiCo(nn.Module):
         self.t_embedder_2 = TimestepEmbedder(2 * C)
         self.t_embedder_3 = TimestepEmbedder(4 * C)
         self.y_embedder = LabelEmbedder(num_classes, [C, 2 * C, 4 * C], class_dropout_prob) if self.label_table else None
+        # MeanFlow's second time (second_time): the interval r - t through embedders of its own, one per width,
+        # summed with t's. Absent when off, so the official parameter names and checkpoints stay as they are.
+        self.second_time = second_time
+        if second_time:
+            self.r_embedder_1 = TimestepEmbedder(C)
+            self.r_embedder_2 = TimestepEmbedder(2 * C)
+            self.r_embedder_3 = TimestepEmbedder(4 * C)
 
         self.encoder_level_1 = stage(C, depth[0])
         self.down1_2 = Downsample(C)
@@ -192,15 +212,7 @@ class DiCo(nn.Module):
         self.decoder_level_1 = stage(2 * C, depth[4])
         self.final_layer = FinalLayer(2 * C, self.out_channels)
         self.initialize_weights()
-        # On channels-last maps, the gradients of 1x1 and depthwise convolution weights come out with channels-last
-        # strides: the same memory order as NCHW for those shapes, other strides on the size-1 dims. Autograd keeps
-        # them as they are, and DDP, whose gradient buckets take each parameter's strides, then copies every one with
-        # a warning. Giving those weights the channels-last strides makes the layouts agree (their values and memory
-        # stay as they are). The channel-attention convolutions act on a vector of channel means, as linear layers.
-        attention = {p for block in self.blocks() if block.ca is not None for p in block.ca.parameters()}
-        for p in self.parameters():
-            if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
-                p.data = p.data.to(memory_format=torch.channels_last)
+        conv_weights_channels_last(self, self.blocks())
 
     def initialize_weights(self):
         def basic(module):
@@ -216,7 +228,7 @@ class DiCo(nn.Module):
         nn.init.zeros_(self.x_embedder.proj.bias)
         for table in self.y_embedder.tables if self.y_embedder is not None else ():
             nn.init.normal_(table.weight, std=0.02)
-        for emb in (self.t_embedder_1, self.t_embedder_2, self.t_embedder_3):
+        for emb in self.time_embedders():
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
             nn.init.normal_(emb.mlp[2].weight, std=0.02)
         # adaLN-Zero: every block starts as the identity, and the output starts at zero.
@@ -228,6 +240,10 @@ class DiCo(nn.Module):
         nn.init.zeros_(self.final_layer.out_proj.weight)
         nn.init.zeros_(self.final_layer.out_proj.bias)
 
+    def time_embedders(self):
+        second = (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3) if self.second_time else ()
+        return [self.t_embedder_1, self.t_embedder_2, self.t_embedder_3, *second]
+
     def make_block(self, width: int, *block_options) -> nn.Module:
         """One block of a stage of `width` channels (a variant's blocks come from its override)."""
         return DiCoBlock(width, *block_options)
@@ -235,7 +251,7 @@ class DiCo(nn.Module):
     def blocks(self):
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent, *self.decoder_level_2, *self.decoder_level_1]
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % 4 or x.shape[3] % 4:
@@ -245,19 +261,27 @@ class DiCo(nn.Module):
             raise ValueError(f"t must be a 1-D tensor of {n} timesteps, got shape {tuple(t.shape)}")
         if y.ndim != 1 or y.shape[0] != n:
             raise ValueError(f"y must be a 1-D tensor of {n} labels, got shape {tuple(y.shape)}")
+        check_second_time(self, t, r)
 
-    def conditioning(self, t: torch.Tensor, y: torch.Tensor):
+    def conditioning(self, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None):
         """Per-width conditioning vectors c1 (C), c2 (2C), c3 (4C)."""
         y1, y2, y3 = self.y_embedder(y, self.training)
-        return self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3
+        c = [self.t_embedder_1(t) + y1, self.t_embedder_2(t) + y2, self.t_embedder_3(t) + y3]
+        if self.second_time:
+            h = interval(t, r)
+            c = [ci + emb(h) for ci, emb in zip(c, (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3))]
+        return c
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: "FeatureCache | None" = None):
-        """`cache` (sampling only) reuses the deep features of an earlier call; see FeatureCache."""
-        self.check_inputs(x, t, y)
-        return self.u_shape(x, self.conditioning(t, y), cache)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: "FeatureCache | None" = None,
+                r: torch.Tensor | None = None):
+        """`cache` (sampling only) reuses the deep features of an earlier call; see FeatureCache. `r` (models with
+        second_time only): the other end of the interval whose average velocity the model predicts (None: r = t,
+        the instantaneous velocity)."""
+        self.check_inputs(x, t, y, r)
+        return self.u_shape(x, self.conditioning(t, y, r), cache)
 
     def u_shape(self, x: torch.Tensor, conditions, cache: "FeatureCache | None" = None, **block_inputs):
-        """The network on the stem's input given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
+        """The U-shaped network on the input x given the per-width conditioning vectors (c1, c2, c3); `block_inputs`
         go to every block as keywords (the text models' prompt tokens)."""
         c1, c2, c3 = conditions
         skip1 = x = self.x_embedder(x.contiguous(memory_format=torch.channels_last))

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .config import records_config
-from .dico import ACTIVATIONS, CHANNEL_ATTENTIONS, DiCoBlock
+from .dico import ACTIVATIONS, CHANNEL_ATTENTIONS, DiCoBlock, conv_weights_channels_last
 from .dit import FinalLayer, PatchEmbed
 from .embedders import LabelEmbedder, TimestepEmbedder
 from .fast_ops import conv
@@ -66,12 +66,7 @@ class DiCoIso(nn.Module):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-        # As DiCo does: 1x1 and depthwise weights get channels-last strides, the layout of their gradients on
-        # channels-last maps, so DDP's gradient buckets need no copies (the channel attention acts on a vector).
-        attention = {p for block in self.blocks if block.ca is not None for p in block.ca.parameters()}
-        for p in self.parameters():
-            if p.ndim == 4 and p not in attention and p.is_contiguous(memory_format=torch.channels_last):
-                p.data = p.data.to(memory_format=torch.channels_last)
+        conv_weights_channels_last(self, self.blocks)  # as DiCo: no gradient copies in DDP
 
     def initialize_weights(self):
         """DiT's: Xavier-uniform weights and zero biases, the patch embedding as a linear layer, N(0, 0.02)

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .embedders import LabelEmbedder, TimestepEmbedder
-from .fast_ops import conv, linear
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
+from .fast_ops import attention, conv, linear
 from .guidance import combine_guidance, resolve_guidance_channels
 
 
@@ -50,7 +50,7 @@ class Attention(nn.Module):
     def forward(self, x):
         n, t, d = x.shape
         q, k, v = linear(self.qkv, x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v)
         return linear(self.proj, x.transpose(1, 2).reshape(n, t, d))
 
 
@@ -100,7 +100,7 @@ class DiT(nn.Module):
     @records_config
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
                  depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
-                 num_classes: int = 1000, learn_sigma: bool = True):
+                 num_classes: int = 1000, learn_sigma: bool = True, second_time: bool = False):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
@@ -113,6 +113,9 @@ class DiT(nn.Module):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, [hidden_size], class_dropout_prob, names=["embedding_table"])
+        self.second_time = second_time  # MeanFlow's second time, as DiCo's (see embedders.interval)
+        if second_time:
+            self.r_embedder = TimestepEmbedder(hidden_size)
         grid = input_size // patch_size
         # A frozen parameter (not a buffer) so that official DiT checkpoints, which hold it, load strictly.
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden_size), requires_grad=False)
@@ -133,8 +136,9 @@ class DiT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for emb in [self.t_embedder] + ([self.r_embedder] if self.second_time else []):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -149,7 +153,9 @@ class DiT(nn.Module):
         x = x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(n, c, g * p, g * p)
 
-    def forward(self, x, t, y):
+    def forward(self, x, t, y, r=None):
+        """`r` (models with second_time only): as DiCo's."""
+        check_second_time(self, t, r)
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DiT built for input_size={self.input_size} expects x of shape (N, {expected[0]}, "
@@ -157,6 +163,8 @@ class DiT(nn.Module):
         x = self.x_embedder(x) + self.pos_embed
         (y_emb,) = self.y_embedder(y, self.training)
         c = self.t_embedder(t) + y_emb
+        if self.second_time:
+            c = c + self.r_embedder(interval(t, r))
         for block in self.blocks:
             x = block(x, c)
         return self.unpatchify(self.final_layer(x, c))

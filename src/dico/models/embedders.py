@@ -1,4 +1,4 @@
-"""Conditioning embedders shared by DiCo and DiT: sinusoidal timesteps and class labels."""
+"""Conditioning embedders shared by DiCo and DiT: sinusoidal timesteps and class labels (and MeanFlow's second time)."""
 
 import math
 
@@ -75,3 +75,18 @@ class LabelEmbedder(nn.Module):
         elif (train and self.dropout_prob > 0 and self.drop_in_forward) or force_drop_ids is not None:
             labels = drop_labels(labels, self.num_classes, self.dropout_prob, force_drop_ids)
         return [table(labels) for table in self.tables]
+
+
+def interval(t: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+    """What the second time embedder reads: r - t (0 when r is None), MeanFlow's (t, t - r) input in dico's time
+    direction (t = 0 noise, 1 = data, so r >= t and the interval is >= 0; zero for the instantaneous velocity)."""
+    return torch.zeros_like(t, dtype=torch.float32) if r is None else r - t
+
+
+def check_second_time(model, t: torch.Tensor, r: torch.Tensor | None) -> None:
+    if r is None:
+        return
+    if not model.second_time:
+        raise ValueError("this model has no second time input (r): build it with second_time=True (MeanFlow)")
+    if r.shape != t.shape:
+        raise ValueError(f"r must have the shape of t {tuple(t.shape)}, got {tuple(r.shape)}")

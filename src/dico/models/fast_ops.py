@@ -2,13 +2,16 @@
 
 They give the same answer as the plain PyTorch formulation (tests/test_fast_paths.py writes it out) and take
 shortcuts only in eager inference on CPU, where they pay: in-place element-wise ops, oneDNN convolutions called
-directly, cached low-precision weights under autocast. Under autograd, and while torch.compile traces the model, every
-op is the plain one, so training, DDP, the compiler and FlopCounterMode see an ordinary PyTorch model.
+directly, cached low-precision weights under autocast. Under autograd, under forward-mode AD (torch.func.jvp and the
+other torch.func transforms, torch.autograd.forward_ad's dual tensors: MeanFlow's training target), and while
+torch.compile traces the model, every op is the plain one, so training, DDP, the compiler and FlopCounterMode see an
+ordinary PyTorch model.
 """
 
 import weakref
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import flop_counter
@@ -26,9 +29,27 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
 
 
 def eager_inference() -> bool:
-    """Whether the inference shortcuts apply: outside autograd and outside torch.compile's tracing (the compiler
-    plans buffers and fuses element-wise ops itself, and traces the plain ops without graph breaks)."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    """Whether the inference shortcuts apply: outside autograd, outside torch.compile's tracing (the compiler
+    plans buffers and fuses element-wise ops itself, and traces the plain ops without graph breaks) and outside
+    forward-mode AD (a tangent cannot ride through oneDNN's convolution, which has no forward derivative, nor through
+    ops that overwrite their input), which runs even under torch.no_grad()."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not forward_ad_active()
+
+
+def forward_ad_active() -> bool:
+    """Whether a torch.func transform (jvp, vmap, ...: its level) or a torch.autograd.forward_ad.dual_level is
+    active: both are global states, set for the duration of the call or the `with` block."""
+    return torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (N, heads, tokens, d): PyTorch's fused kernel, or, under forward-mode AD (the
+    fused kernels have no forward derivative, pytorch issue 128971; MeanFlow's JVP target needs one), the same formula
+    written out, at the memory cost of the full attention matrix. The compiler's tracer sees plain tensors and keeps
+    the fused kernel."""
+    if forward_ad_active() and not torch.compiler.is_compiling():
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def autocast_dtype(device_type: str):

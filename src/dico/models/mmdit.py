@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .config import records_config
 from .dit import FinalLayer, Mlp, PatchEmbed, modulate, sincos_2d
 from .embedders import TimestepEmbedder
-from .fast_ops import linear
+from .fast_ops import attention, linear
 from .guidance import combine_guidance, resolve_guidance_channels
 
 HEAD_DIM = 32  # REPA's rule: width 32 * depth split into `depth` heads
@@ -90,7 +90,7 @@ class JointBlock(nn.Module):
         context_qkv, context_mods = self.context_block.attention_inputs(context, c)
         x_qkv, x_mods = self.x_block.attention_inputs(x, c)
         q, k, v = (torch.cat([a, b], dim=2) for a, b in zip(context_qkv, x_qkv))
-        attended = F.scaled_dot_product_attention(q, k, v)
+        attended = attention(q, k, v)
         n, heads, length, head_dim = attended.shape
         attended = attended.transpose(1, 2).reshape(n, length, heads * head_dim)
         split = context.shape[1]

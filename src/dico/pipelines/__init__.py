@@ -7,10 +7,13 @@
 Only this package imports diffusers (about 1.5 s), so `import dico` stays fast.
 """
 
-from .export import imagenet_labels, load_pipeline, model_card, pipeline_from_network, push_to_hub, save_pipeline
-from .models import DiCo2DModel, DiT2DModel, as_component
+from .export import (check_guide_pipeline, imagenet_labels, load_guide_pipeline, load_pipeline, model_card,
+                     pipeline_from_network, push_to_hub, save_pipeline)
+from .models import DiCo2DModel, DiT2DModel, MMDiT2DModel, TextDiCo2DModel, as_component
 from .pipeline import DiCoPipeline, flow_sigmas
 from .scheduler import DiCoScheduler  # (imported through the module that older pipeline folders name)
 
 __all__ = ["DiCo2DModel", "DiT2DModel", "DiCoPipeline", "DiCoScheduler", "as_component", "flow_sigmas",
-           "imagenet_labels", "load_pipeline", "model_card", "pipeline_from_network", "push_to_hub", "save_pipeline"]
+           "imagenet_labels", "load_pipeline", "model_card", "pipeline_from_network", "push_to_hub", "save_pipeline",
+           "TextDiCo2DModel", "MMDiT2DModel",
+           "check_guide_pipeline", "load_guide_pipeline"]

@@ -5,11 +5,15 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import torch
+
 from ..cache import atomic_write
 from ..checkpoints import load_pretrained
+from ..conditioning import is_text_model
 from ..data import load_vae
 from ..objectives import objective_from_dict
 from ..options import check_new_output
+from ..sampling.guided import check_guide_model
 from .models import as_component
 from .pipeline import DiCoPipeline
 
@@ -31,16 +35,44 @@ def default_labels(num_classes: int, class_names=None) -> dict:
     return {str(i): str(i) for i in range(num_classes)}
 
 
-def pipeline_from_network(network, space, vae=None, class_names=None, objective=None) -> DiCoPipeline:
+def pipeline_from_network(network, space, vae=None, class_names=None, objective=None,
+                          text_encoder=None, null_context=None) -> DiCoPipeline:
     """A DiCoPipeline around a dico network and its output space (`dico.sampling.OutputSpace`), sampling with the
     default scheduler of its objective (dico.objectives; a record, or None for the official DDPM); `vae` is the
-    loaded decoder of a latent space (loaded from `space.vae` when None)."""
+    loaded decoder of a latent space (loaded from `space.vae` when None). A text-conditioned network needs its
+    `text_encoder` (a dico.text.TextEncoder: its tower and tokenizer become the pipeline's components);
+    `null_context`, the empty caption's tokens training recorded, says how that null was stored (see
+    null_precision)."""
     objective = objective_from_dict(objective)
     if space.vae is not None and vae is None:
         vae = load_vae(space.vae)
+    text = {}
+    if is_text_model(network):
+        if text_encoder is None:
+            raise ValueError(f"{type(network).__name__} is text-conditioned: its pipeline needs the text encoder "
+                             "it was trained with (a dico.text.TextEncoder)")
+        text = dict(text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
+                    text_length=text_encoder.length, text_attention_mask=text_encoder.attention_mask,
+                    text_encoder_name=public_name(text_encoder.name),
+                    text_null_dtype=null_precision(text_encoder, null_context))
     return DiCoPipeline(transformer=as_component(network).eval(), scheduler=objective.scheduler(), vae=vae,
                         id2label=default_labels(network.num_classes, class_names), sample_size=space.resolution,
-                        latent_scale=space.latent_scale, objective=objective.to_dict())
+                        latent_scale=space.latent_scale, objective=objective.to_dict(), **text)
+
+
+def null_precision(text_encoder, null_context) -> str | None:
+    """"float16" when training's recorded null (the empty caption's tokens) is this encoder's empty caption stored in
+    float16 (extracted latents folders store tokens so), None when it is the float32 embedding (or not recorded). A
+    recorded null that is not this encoder's empty caption at all is an error: the encoder is not the one trained
+    with."""
+    if null_context is None:
+        return None
+    recorded, fresh = torch.as_tensor(null_context).float().cpu(), text_encoder.null().float().cpu()
+    if recorded.shape != fresh.shape or not torch.allclose(recorded, fresh, rtol=1e-2, atol=1e-2):
+        raise ValueError(f"text encoder {public_name(text_encoder.name)!r} embeds the empty caption otherwise than "
+                         "the checkpoint recorded during training: it is not the encoder the model was trained with")
+    stored_in_half = torch.equal(recorded, recorded.half().float()) and not torch.equal(recorded, fresh)
+    return "float16" if stored_in_half else None
 
 
 def load_pipeline(source, name: str | None = None, vae=None, image_size: int = 256,
@@ -58,8 +90,57 @@ def pipeline_and_checkpoint(source, name=None, vae=None, image_size: int = 256, 
     loaded = load_pretrained(source, name, "ema", image_size, vae, num_classes)
     space = loaded.output_space()
     vae_model = load_vae(space.vae) if space.vae is not None else None
-    pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective)
+    text_encoder = text_encoder_of(loaded.checkpoint, source) if is_text_model(loaded.model) else None
+    pipe = pipeline_from_network(loaded.model, space, vae_model, class_names_of(loaded.checkpoint), loaded.objective,
+                                 text_encoder, loaded.checkpoint.get("null_context") if text_encoder else None)
     return pipe, loaded.checkpoint
+
+
+def check_guide_pipeline(pipe: DiCoPipeline, guide: DiCoPipeline) -> None:
+    """Refuse, in one line naming what differs, a guide pipeline whose transformer cannot autoguide `pipe`'s: the
+    same objective, sample size, latent or pixel space and latent scale, classes (names too, when both have them)
+    and input channels (dico.sampling.autoguidance.check_guide does the same for checkpoints)."""
+    def facts(p):
+        return {"objective": objective_from_dict(p.config.get("objective")).to_dict(),
+                "sample size": p.config.sample_size, "space": "latents" if p.vae is not None else "pixels",
+                "latent scale": p.config.latent_scale}
+
+    ours, theirs = facts(pipe), facts(guide)
+    for what in ours:
+        if ours[what] != theirs[what]:
+            raise ValueError(f"the guide cannot guide this model: the {what} differs ({theirs[what]} vs {ours[what]})")
+    try:
+        check_guide_model(pipe.transformer, guide.transformer)
+    except ValueError as err:
+        raise ValueError(f"the guide cannot guide this model: {err}") from None
+    # Names a checkpoint records are compared; the numbers a pipeline makes up for a file without any are not.
+    plain = {str(i): str(i) for i in range(pipe.transformer.num_classes)}
+    names, guide_names = dict(pipe.config.id2label or {}), dict(guide.config.id2label or {})
+    if names not in ({}, plain) and guide_names not in ({}, plain) and names != guide_names:
+        first = next(k for k in names if names[k] != guide_names.get(k))
+        raise ValueError(f"the guide cannot guide this model: the class names differ (class {first}: "
+                         f"{guide_names.get(first)!r} vs {names[first]!r})")
+
+
+def load_guide_pipeline(pipe: DiCoPipeline, source, name: str | None = None, image_size: int = 256,
+                        num_classes: int | None = None) -> DiCoPipeline:
+    """The pipeline of a guide (a folder or any checkpoint `load_pipeline` reads), checked against `pipe`; pass its
+    `transformer` as `pipe(..., guide_transformer=...)`."""
+    guide = load_pipeline(source, name=name, image_size=image_size, num_classes=num_classes)
+    check_guide_pipeline(pipe, guide)
+    return guide
+
+
+def text_encoder_of(checkpoint: dict, source=""):
+    """The dico.text.TextEncoder a text model's checkpoint records (`text_encoder`: TextEncoder.to_dict()), loaded
+    as recorded; an error naming the file when it records none."""
+    from ..text import TextEncoder
+
+    record = checkpoint.get("text_encoder")
+    if not isinstance(record, dict) or not record.get("name"):
+        raise ValueError(f"{public_name(source) or 'the checkpoint'} holds a text-conditioned model but does not "
+                         "record its text encoder ('text_encoder'); train it with `dico train` on captioned data")
+    return TextEncoder.from_dict(record)
 
 
 def class_names_of(checkpoint: dict):
@@ -127,13 +208,23 @@ def model_card(pipe: DiCoPipeline, checkpoint: dict, source: str = "", name: str
                       f"`{json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith('_')})}`")
     labels = pipe.config.id2label
     example = ", ".join(repr(labels[k].split(",")[0]) for k in list(labels)[:2]) or "0"
+    if pipe.is_text:
+        kind_tag, conditioning = "text-to-image", "timestep through adaLN and on a prompt's token embeddings"
+        condition_line = (f"prompts, encoded by `{type(pipe.text_encoder).__name__}` "
+                          f"(`{pipe.config.text_encoder_name}`) into {pipe.config.text_length} tokens")
+        call = 'images = pipe(prompt=["a photo of a cat", "a red bus"], seed=0).images'
+    else:
+        kind_tag, conditioning = "class-conditional", "timestep and class through adaLN"
+        condition_line = f"{len(labels)} classes"
+        call = f"images = pipe(class_labels=pipe.get_label_ids([{example}]), seed=0).images"
     license_line = (f"{LICENSE} (dico's code). Weights converted from an official release keep that release's "
                     "license." if official_args is not None else f"{LICENSE}")
     template = resources.files(__package__).joinpath("model_card.md").read_text(encoding="utf-8")
     return Template(template).substitute(
         model_name=spec.get("name") or name or type(model).__name__, source=source or "a dico model",
         architecture=type(model).__name__, parameters=f"{parameters / 1e6:.2f}", config=json.dumps(config),
-        space=space, classes=len(labels), objective_line=text["objective_line"],
+        space=space, kind_tag=kind_tag, conditioning=conditioning, condition_line=condition_line, call=call,
+        objective_line=text["objective_line"],
         sampling=text["sampling"] + scheduler_line, recipe=recipe, example=example, same_as=text["same_as"],
         other_schedulers=text["other_schedulers"], license=license_line)
 

@@ -13,7 +13,8 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from ..models import DiCo, DiT
+from ..models import DiCo, DiT, TextDiCo
+from ..models.mmdit import MMDiT
 
 
 def config_from_signature(network_init):
@@ -68,7 +69,21 @@ class DiT2DModel(DiT, DicoComponent):
     from_config = vars(ConfigMixin)["from_config"]
 
 
-COMPONENTS = {DiCo: DiCo2DModel, DiT: DiT2DModel}
+class TextDiCo2DModel(TextDiCo, DicoComponent):
+    """Text-conditioned DiCo as a diffusers model: `model(x, t, context)` with prompt token embeddings."""
+
+    __init__ = config_from_signature(TextDiCo.__init__)
+    from_config = vars(ConfigMixin)["from_config"]
+
+
+class MMDiT2DModel(MMDiT, DicoComponent):
+    """REPA's text-to-image baseline MMDiT as a diffusers model: `model(x, t, context)`."""
+
+    __init__ = config_from_signature(MMDiT.__init__)
+    from_config = vars(ConfigMixin)["from_config"]
+
+
+COMPONENTS = {DiCo: DiCo2DModel, DiT: DiT2DModel, TextDiCo: TextDiCo2DModel, MMDiT: MMDiT2DModel}
 
 
 def match_parameter_strides(component):
@@ -99,7 +114,8 @@ def as_component(network):
     """A dico network as its diffusers component (unchanged if it already is one)."""
     if isinstance(network, DicoComponent):
         return network
-    for base, component in COMPONENTS.items():
-        if isinstance(network, base):
-            return component.from_network(network)
-    raise TypeError(f"expected a dico DiCo or DiT network, got {type(network).__name__}")
+    for base in type(network).__mro__:  # the closest: a TextDiCo is a DiCo too, with other constructor keywords
+        if base in COMPONENTS:
+            return COMPONENTS[base].from_network(network)
+    raise TypeError(f"expected a dico network ({', '.join(c.__name__ for c in COMPONENTS)}), got "
+                    f"{type(network).__name__}")

@@ -12,7 +12,8 @@ from ..config import SampleConfig
 from ..config.sampling import check_out_suffix, check_sample_output
 from ..options import check_class_ids
 from ..threads import ThreadPolicy
-from .generate import SamplingOptions, generate, image_labels, load_vae_for, sample_to_npz
+from .autoguidance import load_guide
+from .generate import SamplingOptions, check_labels, generate, image_labels, load_vae_for, sample_to_npz
 from .prompts import PromptConditions, check_prompt_sources, gather_prompts, text_encoder_for
 
 DEFAULT_NUM_SAMPLES = 16
@@ -55,18 +56,25 @@ def sample(config: SampleConfig) -> Path | None:
     check_prompt_sources(model, config.classes, config.prompt, config.prompts_file, config.captions)
     classes = check_class_ids(config.classes, model.num_classes) if config.classes is not None else None
     prompts, num_samples = prompt_conditions(config, loaded, env.device)
+    check_labels(config.labels, num_samples, model.num_classes, classes)
+    guide, run_info = None, {"ckpt": str(config.ckpt)}
+    if config.guide_ckpt is not None:
+        guide = load_guide(config.guide_ckpt, loaded, config.guide_model, config.weights, config.image_size,
+                           config.vae, config.num_classes).model.to(env.device)
+        run_info["guide_ckpt"] = str(config.guide_ckpt)
     path = None
     if out.suffix == ".npz":
         path = sample_to_npz(model, space, out, num_samples, options, classes, env.rank, env.world,
-                             env.device, progress=env.main, barrier=barrier, run_info={"ckpt": str(config.ckpt)},
+                             env.device, progress=env.main, barrier=barrier, run_info=run_info,
                              objective=loaded.objective, overwrite=config.overwrite, threads=config.threads,
-                             prompts=prompts)
+                             prompts=prompts, guide=guide, labels=config.labels)
     elif env.main:
         indices = list(range(num_samples))
-        cond = prompts(indices) if prompts else image_labels(indices, model.num_classes, config.seed, classes)
+        cond = prompts(indices) if prompts else image_labels(indices, model.num_classes, config.seed, classes,
+                                                             config.labels)
         with cpu_threads:
             images = generate(model, space, indices, cond, options, env.device, vae=load_vae_for(space, env.device),
-                              progress=True, objective=loaded.objective)
+                              progress=True, objective=loaded.objective, guide=guide)
         # Small images (8x8 digits) are shown enlarged by pixel repetition, as the trainer's grid does.
         path = save_grid(images, out, nrow=config.nrow or math.ceil(math.sqrt(len(images))),
                          scale=max(1, 32 // space.resolution), labels=prompts.prompts_of(indices) if prompts else None)

@@ -26,8 +26,32 @@ from ..threads import ThreadPolicy
 from .guided import sample_latents
 
 
-def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Tensor:
-    """Label of each image index: `classes` cycled if given, else a keyed random class (0 if unconditional)."""
+LABELS = ("random", "balanced")  # how images get their class when --classes does not list them
+
+
+def check_labels(labels: str, num_samples: int, num_classes: int, classes=None) -> None:
+    """Refuse an unknown `labels`, and balanced labels that cannot give every class exactly num_samples / classes
+    images (the classes listed in `classes`, else all the model's)."""
+    if labels not in LABELS:
+        raise ValueError(f"--labels must be one of {', '.join(LABELS)}, got {labels!r}")
+    if labels != "balanced":
+        return
+    count = len(classes) if classes else num_classes
+    if count == 0:
+        raise ValueError("--labels balanced needs a class-conditional model (this one has no classes)")
+    if num_samples % count:
+        raise ValueError(f"--labels balanced: --num-samples {num_samples} is not divisible by the {count} classes; "
+                         f"use a multiple of {count}, e.g. {num_samples - num_samples % count or count}")
+
+
+def image_labels(indices, num_classes: int, seed: int, classes=None, labels: str = "random") -> torch.Tensor:
+    """Label of each image index: `classes` cycled if given, else a keyed random class (0 if unconditional), or with
+    `labels="balanced"` the classes in turn (image i gets class i mod the class count), so any N divisible by the
+    class count holds exactly N / classes images of each, and every batch and process sees them mixed."""
+    if labels not in LABELS:
+        raise ValueError(f"--labels must be one of {', '.join(LABELS)}, got {labels!r}")
+    if labels == "balanced" and not classes:
+        classes = list(range(num_classes))
     if classes:
         return torch.tensor([classes[i % len(classes)] for i in indices])
     if num_classes == 0:
@@ -37,16 +61,17 @@ def image_labels(indices, num_classes: int, seed: int, classes=None) -> torch.Te
 
 @torch.no_grad()
 def generate(model, space: OutputSpace, indices, cond, options: SamplingOptions, device=None, vae=None,
-             progress: bool = False, objective=None) -> np.ndarray:
+             progress: bool = False, objective=None, guide=None) -> np.ndarray:
     """Sample the images with the given indices and conditions; uint8 (N, H, W, 3). `cond`: a Conditioning (class
     labels as a tensor are the model's ClassLabels); `objective`: the checkpoint's (dico.objectives; a record or
-    None, the official DDPM, also do) picks the sampler."""
+    None, the official DDPM, also do) picks the sampler; `guide`: a guide model for autoguidance (None: the scale is
+    classifier-free guidance)."""
     device = torch.device(device or next(model.parameters()).device)
     if not isinstance(cond, Conditioning):
         cond = class_labels(cond, model)
     shape = (space.channels, space.resolution, space.resolution)
     z = sample_latents(model, objective_from_dict(objective), cond.to(device), options, indices, shape, device,
-                       progress)
+                       progress, guide=guide)
     if space.vae is not None:
         if vae is None:
             raise ValueError(f"latent samples need their VAE ({space.vae}) to decode")
@@ -106,7 +131,7 @@ def finished_settings(path) -> dict | None:
 def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: SamplingOptions, classes=None,
                   rank: int = 0, world: int = 1, device=None, progress: bool = True, barrier=lambda: None,
                   run_info: dict | None = None, objective=None, overwrite: bool = False, threads=None,
-                  prompts=None) -> Path | None:
+                  prompts=None, guide=None, labels: str = "random") -> Path | None:
     """Sample `num_samples` images into an ADM-format .npz, resumably and split over `world` processes.
 
     Work is cut into shards of `batch_size` image indices; shard k goes to process k % world and is saved as soon as
@@ -117,6 +142,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     `threads`: torch's CPU threads while sampling (dico.threads.ThreadPolicy: None leaves them alone, N or "auto").
     `prompts` (text models): a dico.sampling.prompts.PromptConditions giving image i its prompt; the file then holds
     a unicode `prompts` array aligned with arr_0 instead of class labels (arr_1).
+    `guide`: a guide model (autoguidance; its weights are part of the settings); `labels`: "random" or "balanced"
+    (see image_labels) when `classes` is not given.
     """
     out = Path(out)
     check_out_suffix(out, (".npz",))
@@ -124,6 +151,7 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     options.check()
     if classes is not None:
         classes = check_class_ids(classes, model.num_classes)
+    check_labels(labels, num_samples, model.num_classes, classes)
     parts = out.with_name(out.name + ".parts")
     # Shards are named by batch, so the batch size is part of the settings a resumed run must share; the weights
     # are bound by content, not by the path they came from.
@@ -131,6 +159,8 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
                                       "space": asdict(space),
                                       "objective": objective_from_dict(objective).to_dict(),
                                       "weights": weights_digest(model),
+                                      **({"guide_weights": weights_digest(guide)} if guide is not None else {}),
+                                      **({"labels": labels} if labels != "random" else {}),
                                       **({} if prompts is None else prompts.record(num_samples)),
                                       **(run_info or {})}))
     if out.exists() and not overwrite:
@@ -166,8 +196,9 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
             cpu_threads()
             indices = list(range(k * bs, min((k + 1) * bs, num_samples)))
             cond = prompts(indices) if prompts is not None else image_labels(indices, model.num_classes,
-                                                                              options.seed, classes)
-            images = generate(model, space, indices, cond, options, device, vae=vae, objective=objective)
+                                                                              options.seed, classes, labels)
+            images = generate(model, space, indices, cond, options, device, vae=vae, objective=objective,
+                              guide=guide)
             tmp = parts / f".{k:06d}.tmp.npz"
             np.savez(tmp, images=images)
             tmp.replace(parts / f"{k:06d}.npz")
@@ -175,11 +206,11 @@ def sample_to_npz(model, space: OutputSpace, out, num_samples: int, options: Sam
     if rank != 0:
         return None
     files = [parts / f"{k:06d}.npz" for k in range((num_samples + bs - 1) // bs)]
-    labels = image_labels(range(num_samples), model.num_classes, options.seed, classes).numpy()  # keyed: derivable
+    all_labels = image_labels(range(num_samples), model.num_classes, options.seed, classes, labels).numpy()  # keyed
     extra = {SETTINGS_KEY: np.array(json.dumps(settings))}
     if prompts is not None:  # image i's prompt, as unicode (np.str_), for CLIP score and per-prompt evaluation
-        labels, extra[PROMPTS_KEY] = None, np.array(prompts.prompts_of(range(num_samples)), dtype=np.str_)
+        all_labels, extra[PROMPTS_KEY] = None, np.array(prompts.prompts_of(range(num_samples)), dtype=np.str_)
     image_shape = np.load(files[0])["images"].shape[1:]
-    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, labels, extra=extra)
+    write_npz(out, (np.load(f)["images"] for f in files), num_samples, image_shape, all_labels, extra=extra)
     shutil.rmtree(parts)
     return out

@@ -3,7 +3,8 @@
 - Keyed noise: image i's initial noise and the fresh noise of step s are drawn from generators keyed by (seed, i)
   and (seed, i, s), so an image does not depend on the batch it is in, the process count or an interruption.
 - Guidance is one combinator, out = weak + w * (cond - weak) on the first `channels` output channels, whose weak
-  term comes from a strategy: classifier-free guidance (the same model given the null condition) today.
+  term comes from a strategy: classifier-free guidance (the same model given the null condition) or autoguidance
+  (a weaker guide model given the same condition).
 - `Denoiser` is the callable every sampler runs, (x, t) -> model output: plain, guided, guided only inside a time
   interval (Kynkaanniemi et al. 2024), or with DeepCache's feature reuse.
 
@@ -55,6 +56,60 @@ class ClassifierFree:
         return outputs
 
 
+class GuideModel:
+    """Autoguidance (Karras et al., NeurIPS 2024, "Guiding a diffusion model with a bad version of itself"): the weak
+    term is a guide model (smaller, or less trained, than the main one) given the SAME condition, so guidance pushes
+    away from the guide's errors rather than towards the class. The guide may differ in size and dtype; it must
+    share the main model's input (noise channels, classes or text context) and, for its output, the noise channels
+    (its learned variance, if any, is never used: the guided state keeps the main model's)."""
+
+    def __init__(self, guide):
+        self.guide = guide
+
+    def check(self, model, cond) -> None:
+        check_guide_model(model, self.guide)
+
+    def bind(self, model, cond):
+        kwargs, guide = cond.model_kwargs(), self.guide
+        dtype = next(guide.parameters()).dtype
+        noise = model.in_channels
+
+        def outputs(x, t, cache=None, **extra):
+            # Each model runs on the n images alone (not a 2n batch as CFG does): the main model's call is the
+            # unguided call, so a guide that is the main model gives the unguided output bit for bit. `cache` (the
+            # DeepCache of the main model) is the main model's: the guide always runs in full. `extra` (per-sample
+            # inputs laid out as t: MeanFlow's r) goes to both.
+            n = len(x) // 2
+            half, t_half, per_sample = x[:n], t[:n], {k: v[:n] for k, v in extra.items()}
+            good = model(half, t_half, **kwargs, **per_sample, **({} if cache is None else {"cache": cache}))
+            bad = guide(half.to(dtype), t_half, **cast_floats(kwargs, dtype), **per_sample)[:, :noise]
+            return good, torch.cat([bad.to(good.dtype), good[:, noise:]], dim=1)
+
+        return outputs
+
+
+def cast_floats(kwargs: dict, dtype) -> dict:
+    """Floating tensors (text context) in the guide's dtype; labels stay integers."""
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+
+
+def check_guide_model(model, guide) -> None:
+    """Refuse a guide whose input or noise output is not the main model's, naming what differs."""
+    facts = {
+        "input channels": lambda m: m.in_channels,
+        "classes": lambda m: m.num_classes,
+        "text context size": lambda m: (m.config.get("context_dim") if isinstance(getattr(m, "config", None), dict)
+                                        else None),
+    }
+    for what, get in facts.items():
+        if get(model) != get(guide):
+            raise ValueError(f"the guide model does not match the main model: {what} {get(guide)} (guide) vs "
+                             f"{get(model)} (main)")
+    if guide.out_channels < model.in_channels:
+        raise ValueError(f"the guide model predicts {guide.out_channels} channels, fewer than the main model's "
+                         f"{model.in_channels} noise channels")
+
+
 @dataclass
 class Guidance:
     """How sampling is guided: the scale w (1: off), the leading output channels it acts on (3, the official rule, or
@@ -63,7 +118,7 @@ class Guidance:
     scale: float = 1.0
     channels: int | str = 3
     interval: tuple = (0.0, 1.0)
-    strategy: ClassifierFree = field(default_factory=ClassifierFree)
+    strategy: ClassifierFree | GuideModel = field(default_factory=ClassifierFree)
 
     def __post_init__(self):
         # Every sampler, the pipeline and the demo guide through here: a NaN scale would make NaN images.
@@ -71,8 +126,10 @@ class Guidance:
         self.channels = check_guidance_channels(self.channels)
 
     @classmethod
-    def from_options(cls, options) -> "Guidance":
-        return cls(options.cfg_scale, options.guidance_channels, tuple(options.guidance_interval))
+    def from_options(cls, options, guide=None) -> "Guidance":
+        """The options' guidance: classifier-free, or autoguidance by `guide` (a model) when one is given."""
+        strategy = ClassifierFree() if guide is None else GuideModel(guide)
+        return cls(options.cfg_scale, options.guidance_channels, tuple(options.guidance_interval), strategy)
 
     @property
     def active(self) -> bool:
@@ -140,22 +197,23 @@ class Denoiser:
     def combine(self, cond, weak):
         return combine_guidance(cond, weak, self.guidance.scale, self.channels)
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, **extra):
+        """`extra`: per-sample model inputs beside t (MeanFlow's second time r), laid out as t."""
         if self.cache is not None:
-            return self.cached(x, t)
+            return self.cached(x, t, **extra)
         if not self.guidance.active:
-            return self.model(x, t, **self.kwargs)
+            return self.model(x, t, **self.kwargs, **extra)
         if self.guidance.everywhere:
-            return self.guided(x, t)
+            return self.guided(x, t, **extra)
         lo, hi = self.guidance.interval
         if lo <= self.flow_time(float(t.flatten()[0])) <= hi:
-            return self.guided(x, t)
+            return self.guided(x, t, **extra)
         # Outside the interval the conditional half alone runs and stands for both halves.
         n = len(x) // 2
-        out = self.model(x[:n], t[:n], **self.kwargs)
+        out = self.model(x[:n], t[:n], **self.kwargs, **{k: v[:n] for k, v in extra.items()})
         return torch.cat([out, out])
 
-    def cached(self, x, t):
+    def cached(self, x, t, **extra):
         """DeepCache: refresh calls run the full network and keep the deep features; the calls between recompute the
         outer level(s) only. With guidance, cached calls run the conditional half and take the weak output as
         cond - (cond - weak of the last full call), which costs about a quarter of a full guided call."""
@@ -163,24 +221,26 @@ class Denoiser:
         self.calls += 1
         self.cache.refresh = refresh
         if not self.guidance.active:
-            return self.model(x, t, **self.kwargs, cache=self.cache)
+            return self.model(x, t, **self.kwargs, **extra, cache=self.cache)
         n, c = len(x) // 2, self.channels
         if refresh or not self.cache_options.reuse_guidance:
-            cond, weak = self.outputs(x, t, cache=self.cache)
+            cond, weak = self.outputs(x, t, **extra, cache=self.cache)
             self.direction = cond[:, :c] - weak[:, :c]
             return self.combine(cond, weak)
         half_cache = FeatureCache(self.cache.depth, refresh=False, features=self.cache.features[:n])
-        cond = self.model(x[:n], t[:n], **self.kwargs, cache=half_cache)
+        cond = self.model(x[:n], t[:n], **self.kwargs, **{k: v[:n] for k, v in extra.items()}, cache=half_cache)
         weak = torch.cat([cond[:, :c] - self.direction, cond[:, c:]], dim=1)
         return self.combine(cond, weak)
 
 
-def sample_latents(model, objective, cond, options, indices, shape, device, progress: bool = False) -> torch.Tensor:
+def sample_latents(model, objective, cond, options, indices, shape, device, progress: bool = False,
+                   guide=None) -> torch.Tensor:
     """The model's samples (before any decoding) for the images with these indices and conditions: (N, *shape).
 
-    `objective` (dico.objectives) runs its sampler by `options` (SamplingOptions) on the guided `Denoiser`."""
+    `objective` (dico.objectives) runs its sampler by `options` (SamplingOptions) on the guided `Denoiser`; `guide`
+    (a model) makes the guidance autoguidance instead of classifier-free."""
     options.check()  # again: options may have been changed since they were made
-    denoiser = Denoiser(model, cond, Guidance.from_options(options), objective.flow_time,
+    denoiser = Denoiser(model, cond, Guidance.from_options(options, guide), objective.flow_time,
                         CacheOptions.from_options(options))
     noise = denoiser.layout(keyed_noise(options.seed, indices, shape, device))
     step_noise = keyed_step_noise(options.seed, indices, shape, device, denoiser.copies)

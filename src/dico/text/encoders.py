@@ -16,6 +16,7 @@ then fails in one line.
 """
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,6 +99,23 @@ def _text_model_class(config, transformers):
         return {"t5": transformers.T5EncoderModel, "umt5": transformers.UMT5EncoderModel,
                 "mt5": transformers.MT5EncoderModel}[kind]
     return None
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' warnings and progress bars off meanwhile (its load report lists every weight of the parts not
+    loaded, and a bar times the reading of a few hundred tensors); errors still show."""
+    import transformers
+
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 class TextEncoder:
@@ -212,16 +230,13 @@ def load_text_encoder(name_or_path=DEFAULT_TEXT_ENCODER, device=None, dtype=None
                          "vocabulary); pass a text encoder")
     # The load report would list every weight of the parts not loaded (CLIP's vision tower, T5's decoder); what
     # matters, a text weight missing from the file, is checked below instead.
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
     try:
-        model, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
+        with quiet_transformers():
+            model, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
     except OSError as err:
         if local:
             raise ValueError(f"{source} holds no {config.model_type} weights transformers can read ({err})") from err
         raise _hub_error(name, "weights", err) from err
-    finally:
-        transformers.logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
     if missing:  # transformers would leave them at random initial values
         raise ValueError(f"{source}: {len(missing)} weights of the {type(model).__name__} are not in the file "

@@ -12,7 +12,7 @@ import torch
 
 from ..cache import atomic_write, cache_dir
 from ..extras import require
-from .encoders import CLIP_BOS, CLIP_EOS
+from .encoders import CLIP_BOS, CLIP_EOS, quiet_transformers
 
 CLIP_VOCAB = 49408  # CLIP's BPE vocabulary: 256 bytes x 2 + 48894 merges + 2 special tokens
 DIGITS_TEXT_ENCODER = "dico:digits-clip"
@@ -35,7 +35,8 @@ def build_tiny_clip(folder, width: int = 64, layers: int = 2, heads: int = 4, se
     with torch.random.fork_rng(devices=[]):  # the caller's global stream is left as it was
         torch.manual_seed(seed)
         model = transformers.CLIPTextModel(config)
-    model.save_pretrained(folder)
+    with quiet_transformers():
+        model.save_pretrained(folder)
     return folder
 
 

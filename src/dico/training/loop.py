@@ -36,6 +36,7 @@ from ..sampling.prompts import grid_prompts, write_prompt_grid
 from ..threads import ThreadPolicy
 from .conditions import condition_dropout, condition_overrides
 from .optim import adamw
+from .phema import PowerEMA, disk_line, remove_partial_snapshots, snapshot_dir, write_snapshots
 from .state import ResumePoint, TrainingState, read_training_checkpoint
 
 
@@ -226,7 +227,8 @@ def save_checkpoint(state: TrainingState, results: Path, env: Dist, sync: bool =
     barrier, which processes that are not here would never reach. Non-finite weights are never written (every process
     checks, so all stop together)."""
     path = checkpoint_dir(results) / f"{state.step:07d}.pt"
-    if not all_finite(list(state.model.parameters()) + list(state.ema.parameters())):
+    tracked = state.phema.parameters() if state.phema is not None else []
+    if not all_finite(list(state.model.parameters()) + list(state.ema.parameters()) + tracked):
         raise NonFiniteError(f"the weights after step {state.step} are not finite; not saving them (the newest "
                              f"checkpoint stays the last good one)")
     if env.main:
@@ -259,8 +261,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     repa_config = config.repa()
     if repa_config.enabled:  # items become (x, y, encoder tokens of the same image)
         dataset, repa_dim = repa_dataset(dataset, config.repa_encoder)
+    objective = objective_from_options(config)  # (what it needs of the network comes before the run's overrides)
     spec = model_spec(config.model, **{"in_channels": facts.in_channels, **condition_overrides(config.model, facts),
-                                       "input_size": facts.resolution, **config.model_overrides})
+                                       "input_size": facts.resolution, **objective.model_config(),
+                                       **config.model_overrides})
     micro = config.micro_batch or config.global_batch // env.world
     if micro < 1 or config.global_batch % (env.world * micro):
         raise ValueError(f"global batch {config.global_batch} is not divisible by processes ({env.world}) x "
@@ -270,6 +274,7 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     model = build_model(spec).to(env.device)
     ema = build_model(spec).to(env.device).requires_grad_(False).eval()
     ema.load_state_dict(model.state_dict())
+    phema = PowerEMA(model, config.phema_stds) if config.phema_stds else None
     params = list(model.parameters())
     repa = None
     if repa_config.enabled:  # the projector lives beside the model: never in its (or the EMA's) state dict
@@ -278,14 +283,14 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
     opt = adamw(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
     # The run's objective (recorded in checkpoints) and its per-sample losses, every draw keyed by (seed, step,
     # position) so that neither depends on how the global batch is split.
-    objective = objective_from_options(config)
     losses_of = objective.loss_function(spec["config"]["learn_sigma"])
     state = TrainingState(model=model, ema=ema, opt=opt, spec=spec, space=asdict(facts.space), config=asdict(config),
                           objective=objective.to_dict(), class_names=facts.class_names,
                           data={"dataset_size": len(dataset), "fingerprint": facts.fingerprint}, world=env.world,
                           **({} if repa is None else {"repa": asdict(repa_config), "repa_projector": repa.projector}),
                           **({} if not facts.is_text else {"text_encoder": facts.text_encoder,
-                                                           "null_context": facts.null_context.cpu()}))
+                                                           "null_context": facts.null_context.cpu()}),
+                          phema=phema)
     if point is not None:
         state.load(point.checkpoint, point.path)
         if env.main:
@@ -323,6 +328,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
         if point is None:  # config.yaml reruns the run (`dico train --config`); config.json adds the model spec
             save_config(config)
             (results / "config.json").write_text(json.dumps({"train": asdict(config), "model": spec}, indent=2))
+        if phema is not None:
+            remove_partial_snapshots(snapshot_dir(results))
+            print(disk_line(model, phema.sigma_rels, config.phema_every, config.max_steps, config.phema_dtype,
+                            snapshot_dir(results)))
     log = RunLog(results, env.main)
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -389,6 +398,9 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     consistent = False
                     opt.step()
                     update_ema(ema, model, config.ema_decay)
+                if phema is not None:  # every step counts in a profile's time, skipped ones too (weights unchanged)
+                    consistent = False
+                    phema.update(model, state.step + 1)
                 state.step += 1
                 consistent = True
                 if math.isfinite(mean_loss):
@@ -407,6 +419,10 @@ def train(config: TrainConfig, resume=None, device: str | None = None, progress:
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                     window_loss, window_align, window_steps, window_start = 0.0, 0.0, 0, time.perf_counter()
+                if phema is not None and env.main and (state.step % config.phema_every == 0
+                                                       or state.step == config.max_steps):
+                    write_snapshots(phema, model, state.step, snapshot_dir(results), config.phema_dtype, spec,
+                                    state.space, state.objective, facts.class_names)
                 if state.step % config.ckpt_every == 0 or state.step == config.max_steps:
                     last_path, saved_step = save_checkpoint(state, results, env), state.step
                 # Alone, a signal that came during this step's update stops here; several processes stop together

@@ -53,8 +53,9 @@ class TrainingState:
     repa_projector: torch.nn.Module | None = restored(default=None)  # lives beside the model, never in its weights
     text_encoder: dict | None = recorded(default=None)  # text runs: the encoder's record (TextEncoder.from_dict)
     null_context: torch.Tensor | None = recorded(default=None)  # text runs: the empty caption's tokens, guidance's null
+    phema: "PowerEMA | None" = restored(default=None)  # the tracked power-function EMAs (--phema-stds)
 
-    OPTIONAL = ("repa", "repa_projector", "text_encoder", "null_context")  # written only when set
+    OPTIONAL = ("repa", "repa_projector", "text_encoder", "null_context", "phema")  # written only when set
 
     def state_dict(self) -> dict:
         checkpoint = {"format": CHECKPOINT_FORMAT}
@@ -94,6 +95,8 @@ class TrainingState:
                                   f"fingerprint {str(self.data['fingerprint'])[:12]})")
         if self.repa_projector is not None and "repa_projector" not in checkpoint:
             raise CheckpointError(f"{source} was trained without REPA; resume it without --repa-encoder")
+        if self.phema is not None and "phema" not in checkpoint:  # a profile's average starts at step 0
+            raise CheckpointError(f"{source} tracked no power-function EMAs; resume it without --phema-stds")
 
 
 @dataclass
