@@ -13,10 +13,12 @@ SOURCE = Path(dico.__file__).parent
 # dico.cli (commands by module name) and dico/__init__ (PEP 562) also import with importlib, downwards too.
 LAYERS = [
     ["options", "extras", "interrupts", "threads"],  # config files, value checks, optional parts, signals, CPU threads: torch-free
-    ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors"],
+    ["randomness", "images", "distributed", "cpu_allocator", "cache", "tensors",
+     "conditioning"],  # conditioning: what a model is given (labels, text tokens) with its null; models build examples
     ["models"],
-    ["diffusion", "transport"],
-    ["objectives", "conditioning"],  # objectives: torch-free at import, the processes below load where they run
+    ["diffusion", "transport", "meanflow"],  # the objectives' numerics (meanflow builds on transport's path)
+    ["objectives", "text"],  # objectives: torch-free at import, the processes below load where they run; text: the
+    # text encoders, whose prompts become a TextTokens conditioning
     ["config"],  # every options dataclass (TrainConfig inherits the objectives' settings): torch-free
     ["data"],
     ["checkpoints"],
