@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .config import records_config
 from .dico import ACTIVATIONS, CHANNEL_ATTENTIONS, DiCoBlock, conv_weights_channels_last
-from .dit import FinalLayer, PatchEmbed
+from .dit import FinalLayer, PatchEmbed, unpatchify
 from .embedders import LabelEmbedder, TimestepEmbedder
 from .fast_ops import conv
 from .guidance import combine_guidance, resolve_guidance_channels
@@ -103,9 +103,7 @@ class DiCoIso(nn.Module):
             raise ValueError(f"y must be a 1-D tensor of {n} labels, got shape {tuple(y.shape)}")
 
     def unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        n, p, c = x.shape[0], self.patch_size, self.out_channels
-        x = x.reshape(n, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(n, c, h * p, w * p)
+        return unpatchify(x, h, w, self.patch_size, self.out_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, t, y)

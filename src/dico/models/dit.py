@@ -31,6 +31,13 @@ def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
 
 
+def unpatchify(x: torch.Tensor, h: int, w: int, patch: int, channels: int) -> torch.Tensor:
+    """Per-patch outputs (N, h * w, patch * patch * channels) as an image (N, channels, h * patch, w * patch)."""
+    n = x.shape[0]
+    x = x.reshape(n, h, w, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(n, channels, h * patch, w * patch)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, in_channels: int, dim: int):
         super().__init__()
@@ -148,10 +155,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x):
-        n, p, c = x.shape[0], self.patch_size, self.out_channels
-        g = self.input_size // p
-        x = x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(n, c, g * p, g * p)
+        g = self.input_size // self.patch_size
+        return unpatchify(x, g, g, self.patch_size, self.out_channels)
 
     def forward(self, x, t, y, r=None):
         """`r` (models with second_time only): as DiCo's."""

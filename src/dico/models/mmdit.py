@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .dit import FinalLayer, Mlp, PatchEmbed, modulate, sincos_2d
+from .dit import FinalLayer, Mlp, PatchEmbed, modulate, sincos_2d, unpatchify
 from .embedders import TimestepEmbedder
 from .fast_ops import attention, linear
 from .guidance import combine_guidance, resolve_guidance_channels
@@ -175,9 +175,7 @@ class MMDiT(nn.Module):
         return table.reshape(1, h * w, -1)
 
     def unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        n, p, c = x.shape[0], self.patch_size, self.out_channels
-        x = x.reshape(n, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(n, c, h * p, w * p)
+        return unpatchify(x, h, w, self.patch_size, self.out_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, t, context)
