@@ -38,7 +38,7 @@ def random_model(arch="DiCo-Tiny", std=0.05, dtype=torch.float32, **overrides):
 # ------------------------------------------------------------------------------------------------ the model input
 
 def test_second_time_is_an_option_that_leaves_official_names_alone():
-    for name in ("DiCo-S", "DiT-S/2"):
+    for name in ("DiCo-S", "DiT-S/2", "DiCo-Iso-S/2"):
         plain = dico.create_model(name, num_classes=10)
         both = dico.create_model(name, num_classes=10, second_time=True)
         assert plain.config["second_time"] is False
@@ -47,9 +47,13 @@ def test_second_time_is_an_option_that_leaves_official_names_alone():
         assert added and all(k.startswith("r_embedder") for k in added)
 
 
-@pytest.mark.parametrize("arch", ["DiCo-Tiny", "DiT-S/4"])
+SMALL = {"DiCo-Tiny": {}, "DiT-S/4": dict(input_size=8, hidden_size=32, depth=1, num_heads=2),
+         "DiCo-Iso-S/2": dict(hidden_size=32, depth=2)}
+
+
+@pytest.mark.parametrize("arch", list(SMALL))
 def test_r_is_an_optional_keyword_and_r_none_is_r_equal_t(arch):
-    overrides = {} if arch == "DiCo-Tiny" else dict(input_size=8, hidden_size=32, depth=1, num_heads=2)
+    overrides = SMALL[arch]
     model = random_model(arch, **overrides)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([0.2, 0.7]), torch.tensor([1, 2])
     with torch.no_grad():
@@ -114,15 +118,37 @@ def test_the_target_of_a_single_data_point_is_the_straight_jump_to_it():
 
 # ----------------------------------------------------------------------------------- the JVP through the network
 
-@pytest.mark.parametrize("arch", ["DiCo-Tiny", "DiT-S/4"])
+@pytest.mark.parametrize("arch", list(SMALL))
 def test_the_jvp_through_the_network_equals_finite_differences(arch):
-    overrides = {} if arch == "DiCo-Tiny" else dict(input_size=8, hidden_size=32, depth=1, num_heads=2)
+    overrides = SMALL[arch]
     model = random_model(arch, dtype=torch.float64, **overrides)
     z, v = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(3, 1, 8, 8, dtype=torch.float64)
     t, r = torch.tensor([0.1, 0.4, 0.8], dtype=torch.float64), torch.tensor([0.6, 0.9, 0.8], dtype=torch.float64)
     kwargs = {"y": torch.tensor([3, 10, 7])}  # (10: the null label)
     derivative = average_velocity_derivative(model, z, t, r, v, kwargs)
     h = 1e-3  # (the time features are computed in fp32: a smaller step would measure their rounding)
+    with torch.no_grad():
+        ahead = model(z + h * v, t + h, r=r, **kwargs)[:, :1]
+        behind = model(z - h * v, t - h, r=r, **kwargs)[:, :1]
+    assert rel_err(derivative, (ahead - behind) / (2 * h)) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["DWC", "CrossAttn"])
+def test_text_models_take_the_second_time_and_their_jvp_equals_finite_differences(variant):
+    torch.manual_seed(0)
+    model = dico.create_model(f"DiCo-Tiny-{variant}", in_channels=1, context_dim=16, context_length=4,
+                              second_time=True).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    z, v = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    t, r = torch.tensor([0.1, 0.5], dtype=torch.float64), torch.tensor([0.6, 0.9], dtype=torch.float64)
+    kwargs = {"context": torch.randn(2, 4, 16, dtype=torch.float64)}
+    with torch.no_grad():
+        assert torch.equal(model(z, t, **kwargs), model(z, t, **kwargs, r=t))
+        assert not torch.allclose(model(z, t, **kwargs, r=r), model(z, t, **kwargs))
+    derivative = average_velocity_derivative(model, z, t, r, v, kwargs)
+    h = 1e-3
     with torch.no_grad():
         ahead = model(z + h * v, t + h, r=r, **kwargs)[:, :1]
         behind = model(z - h * v, t - h, r=r, **kwargs)[:, :1]

@@ -22,6 +22,8 @@ with t's (the paper's (t, t - r) input, its best in the ablation; see dico.model
     x = meanflow_sample(model_or_denoiser, noise, steps=1, y=y)
 """
 
+import warnings
+
 import torch
 
 from ..randomness import PURPOSES, keyed_generator, keyed_randn
@@ -63,7 +65,10 @@ def average_velocity_derivative(model, z, t, r, velocity, model_kwargs) -> torch
     def u(z_, t_):
         return model_prediction(network, z_, t_, **model_kwargs, r=r)
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own forward-AD decompositions are registered through torch.jit.script on first use, which torch
+        # itself deprecates: a warning about torch, not about anything a user can change.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
         _, derivative = torch.func.jvp(u, (z, t), (velocity, torch.ones_like(t)))
     return derivative
 

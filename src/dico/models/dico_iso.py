@@ -20,7 +20,7 @@ import torch.nn as nn
 from .config import records_config
 from .dico import ACTIVATIONS, CHANNEL_ATTENTIONS, DiCoBlock, conv_weights_channels_last
 from .dit import FinalLayer, PatchEmbed, unpatchify
-from .embedders import LabelEmbedder, TimestepEmbedder
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
 from .fast_ops import conv
 from .guidance import combine_guidance, resolve_guidance_channels
 
@@ -45,7 +45,7 @@ class DiCoIso(nn.Module):
     def __init__(self, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 384, depth: int = 12,
                  mlp_ratio: float = 4.0, num_classes: int = 1000, learn_sigma: bool = False,
                  class_dropout_prob: float = 0.1, channel_attention: str = "cca", kernel_size: int = 3,
-                 activation: str = "gelu"):
+                 activation: str = "gelu", second_time: bool = False):
         super().__init__()
         if channel_attention not in CHANNEL_ATTENTIONS:
             raise ValueError(f"unknown channel_attention {channel_attention!r}; choose one of {CHANNEL_ATTENTIONS}")
@@ -60,6 +60,9 @@ class DiCoIso(nn.Module):
         self.patch_size = patch_size
         self.x_embedder = PatchGrid(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
+        self.second_time = second_time  # MeanFlow's second time, as DiT's (see embedders.interval)
+        if second_time:
+            self.r_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, [hidden_size], class_dropout_prob, names=["embedding_table"])
         self.blocks = nn.ModuleList(
             DiCoBlock(hidden_size, mlp_ratio, kernel_size, activation, channel_attention) for _ in range(depth)
@@ -82,8 +85,9 @@ class DiCoIso(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for emb in [self.t_embedder] + ([self.r_embedder] if self.second_time else []):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
         for module in [*self.blocks, self.final_layer]:
             nn.init.zeros_(module.adaLN_modulation[-1].weight)
             nn.init.zeros_(module.adaLN_modulation[-1].bias)
@@ -105,11 +109,15 @@ class DiCoIso(nn.Module):
     def unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         return unpatchify(x, h, w, self.patch_size, self.out_channels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, r=None) -> torch.Tensor:
+        """`r` (models with second_time only): MeanFlow's second time, as DiT's."""
         self.check_inputs(x, t, y)
+        check_second_time(self, t, r)
         h = self.x_embedder(x)
         (y_emb,) = self.y_embedder(y, self.training)
         c = self.t_embedder(t) + y_emb
+        if self.second_time:
+            c = c + self.r_embedder(interval(t, r))
         for block in self.blocks:
             h = block(h, c)
         grid = h.shape[2:]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .config import records_config
 from .dico import DiCo, DiCoBlock
+from .embedders import interval
 from .fast_ops import attention, conv, eager_inference, linear, nchw, nhwc
 
 TEXT_CONDITIONINGS = ("dwc", "cross_attn")
@@ -183,7 +184,8 @@ class TextDiCo(DiCo):
                  learn_sigma: bool = True, channel_attention: str = "cca", kernel_size: int = 3,
                  activation: str = "gelu", se_reduction: int = 4, context_dim: int = 768, context_length: int = 77,
                  text_conditioning: str = "dwc", dwc_kernel_size: int = 9, dwc_kernel_norm: str = "l1",
-                 dwc_output: str = "scale", attn_head_dim: int = 32, text_zero_init: bool = True):
+                 dwc_output: str = "scale", attn_head_dim: int = 32, text_zero_init: bool = True,
+                 second_time: bool = False):
         if text_conditioning not in TEXT_CONDITIONINGS:
             raise ValueError(f"unknown text_conditioning {text_conditioning!r}; choose one of {TEXT_CONDITIONINGS}")
         if dwc_kernel_norm not in KERNEL_NORMS:
@@ -210,7 +212,7 @@ class TextDiCo(DiCo):
         super().__init__(hidden_size=hidden_size, depth=depth, mlp_ratio=mlp_ratio, in_channels=in_channels,
                          num_classes=0, learn_sigma=learn_sigma, class_dropout_prob=0.0,
                          channel_attention=channel_attention, kernel_size=kernel_size, activation=activation,
-                         se_reduction=se_reduction)
+                         se_reduction=se_reduction, second_time=second_time)
         self.context_dim, self.context_length = context_dim, context_length
 
     def make_block(self, width: int, *block_options) -> nn.Module:
@@ -227,25 +229,29 @@ class TextDiCo(DiCo):
         for block in self.blocks():
             block.text.reset_output()
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, r=None):
         if not torch.is_tensor(context) or context.ndim != 3 or not context.is_floating_point():
             shape = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
             raise ValueError(f"context must be a float tensor (N, {self.context_length}, {self.context_dim}) of prompt "
                              f"token embeddings, got {shape}")
-        super().check_inputs(x, t, t)  # (no labels: the timesteps stand in for them)
+        super().check_inputs(x, t, t, r)  # (no labels: the timesteps stand in for them)
         if len(context) != len(x):
             raise ValueError(f"context holds {len(context)} prompts for {len(x)} images")
         if tuple(context.shape[1:]) != (self.context_length, self.context_dim):
             raise ValueError(f"context must be (N, {self.context_length}, {self.context_dim}) token embeddings (as "
                              f"this model was built), got {tuple(context.shape)}")
 
-    def conditioning(self, t: torch.Tensor):
-        """Per-width timestep vectors c1 (C), c2 (2C), c3 (4C)."""
-        return self.t_embedder_1(t), self.t_embedder_2(t), self.t_embedder_3(t)
+    def conditioning(self, t: torch.Tensor, r: torch.Tensor | None = None):
+        """Per-width timestep vectors c1 (C), c2 (2C), c3 (4C), with MeanFlow's second time as DiCo's."""
+        c = [self.t_embedder_1(t), self.t_embedder_2(t), self.t_embedder_3(t)]
+        if self.second_time:
+            h = interval(t, r)
+            c = [ci + emb(h) for ci, emb in zip(c, (self.r_embedder_1, self.r_embedder_2, self.r_embedder_3))]
+        return c
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cache=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cache=None, r=None):
         """`cache` (sampling only) reuses the deep features of an earlier call with the same prompts; see
-        FeatureCache."""
-        self.check_inputs(x, t, context)
+        FeatureCache. `r` (models with second_time only): as DiCo's."""
+        self.check_inputs(x, t, context, r)
         # (stored embeddings are often float16: they meet the weights in the images' dtype, or autocast's)
-        return self.u_shape(x, self.conditioning(t), cache, context=context.to(x.dtype))
+        return self.u_shape(x, self.conditioning(t, r), cache, context=context.to(x.dtype))
