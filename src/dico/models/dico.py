@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval, xavier_init
 from .fast_ops import (activation, channel_attention_weights, conv, ffn_chunks, gated_residual, linear, modulated_norm,
                        scale_channels)
 from .guidance import combine_guidance, resolve_guidance_channels
@@ -215,13 +215,7 @@ class DiCo(nn.Module):
         conv_weights_channels_last(self, self.blocks())
 
     def initialize_weights(self):
-        def basic(module):
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(basic)
+        xavier_init(self)
         # Stem initialised like a linear layer, as in DiT's patch embedding.
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))

@@ -20,7 +20,7 @@ import torch.nn as nn
 from .config import records_config
 from .dico import ACTIVATIONS, CHANNEL_ATTENTIONS, DiCoBlock, conv_weights_channels_last
 from .dit import FinalLayer, PatchEmbed, unpatchify
-from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval, xavier_init
 from .fast_ops import conv
 from .guidance import combine_guidance, resolve_guidance_channels
 
@@ -74,13 +74,7 @@ class DiCoIso(nn.Module):
     def initialize_weights(self):
         """DiT's: Xavier-uniform weights and zero biases, the patch embedding as a linear layer, N(0, 0.02)
         embedders, adaLN-zero blocks and a zero head (every block starts as the identity, the output at zero)."""
-        def basic(module):
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(basic)
+        xavier_init(self)
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import records_config
-from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval
+from .embedders import LabelEmbedder, TimestepEmbedder, check_second_time, interval, xavier_init
 from .fast_ops import attention, conv, linear
 from .guidance import combine_guidance, resolve_guidance_channels
 
@@ -131,13 +131,7 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        def basic(module):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(basic)
+        xavier_init(self, nn.Linear)
         self.pos_embed.data.copy_(sincos_2d(self.pos_embed.shape[-1], self.input_size // self.patch_size)[None])
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))

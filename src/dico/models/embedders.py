@@ -6,6 +6,18 @@ import torch
 import torch.nn as nn
 
 
+def xavier_init(model: nn.Module, kinds=(nn.Linear, nn.Conv2d)) -> None:
+    """DiT's base initialisation: Xavier-uniform weights and zero biases for every layer of `kinds` (DiT: linear
+    layers only; DiCo: convolutions too). Models then set their embedders, adaLN and heads on top."""
+    def init(module):
+        if isinstance(module, kinds):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    model.apply(init)
+
+
 def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) timesteps, cos half first as in GLIDE/DiT."""
     half = dim // 2
